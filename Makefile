@@ -1,0 +1,43 @@
+# ringkv: build, test and run a local 3-node playground.
+#
+#   make playground   build (release) and run a local 3-node cluster on :50051-:50053
+#   make test         fmt check, clippy, and the whole test suite
+#
+# Everything builds with --release into one shared target directory outside
+# the clone, so RocksDB is compiled once for tests, clippy and the playground.
+
+CARGO ?= cargo
+CARGO_TARGET_DIR ?= $(HOME)/.cache/ringkv/target
+export CARGO_TARGET_DIR
+
+SHELL := /bin/bash
+
+# Targets run in the order given (deps before clippy, ...) even under `make -j`;
+# cargo parallelises the builds itself.
+.NOTPARALLEL:
+
+.PHONY: all deps build playground playground-clean fmt-check clippy test
+
+all: build
+
+deps:
+	scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --workspace --bins
+
+playground: build
+	exec scripts/playground.sh
+
+playground-clean:
+	rm -rf ./data/playground
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: deps
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Integration tests start real 3-node clusters: one test at a time.
+test: deps fmt-check clippy
+	$(CARGO) test --release --workspace -- --test-threads=1

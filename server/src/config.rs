@@ -1,0 +1,355 @@
+//! Node configuration: the TOML file format, its defaults, command-line
+//! overrides and validation.
+//!
+//! Owns every tunable limit of a node. Does no I/O besides reading the config
+//! file; every other module receives an already validated [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Upper bound on shards a cluster may be bootstrapped with.
+pub const SHARDS_MAX: u32 = 4096;
+/// Upper bound on the nodes named in `initial_cluster`.
+pub const INITIAL_NODES_MAX: usize = 64;
+
+/// Errors in configuration; reported once at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot parse config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Whole node configuration. Every field has a default, so an empty file is
+/// valid apart from the required identity fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must appear in `initial_cluster`.
+    pub node_id: u64,
+    /// Address the gRPC server binds to.
+    pub listen: String,
+    /// Address other nodes and clients use to reach this node (defaults to
+    /// `listen`).
+    pub advertise: String,
+    /// Directory holding this node's RocksDB.
+    pub data_dir: PathBuf,
+    /// `id=host:port` pairs, comma separated, of the nodes that bootstrap
+    /// the cluster. Ignored when the data dir already holds a cluster.
+    pub initial_cluster: String,
+    /// Number of data shards the ring is split into at bootstrap.
+    pub shards: u32,
+    pub raft: RaftConfig,
+    pub limits: LimitsConfig,
+    pub sessions: SessionConfig,
+    pub storage: StorageConfig,
+}
+
+/// Raft timing and log compaction, applied to every shard group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot after this many entries were applied since the last.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (0 = purge all it covers).
+    pub snapshot_logs_to_keep: u64,
+    /// Largest snapshot chunk sent in one RPC.
+    pub snapshot_chunk_bytes_max: u64,
+    /// Most entries in one append-entries RPC.
+    pub append_entries_max: u64,
+    /// How long a request waits for a shard to elect a leader.
+    pub leader_wait_ms: u64,
+}
+
+/// Limits checked at the edge, on every request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub key_bytes_max: usize,
+    pub value_bytes_max: usize,
+    pub batch_keys_max: usize,
+    /// Sum of key and value bytes in one BatchPut.
+    pub batch_bytes_max: usize,
+    /// Largest page a Scan returns; also the page size when none is asked.
+    pub scan_limit_max: u32,
+    /// Requests executing on this node at once; more are refused with
+    /// OVERLOADED.
+    pub inflight_requests_max: usize,
+    /// Deadline of a forwarded request when the caller gave none.
+    pub forward_timeout_ms: u64,
+}
+
+/// Exactly-once session table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// A client idle for longer (by log timestamps) loses its session entry.
+    pub ttl_ms: u64,
+}
+
+/// RocksDB tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Shared block cache for all column families.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family.
+    pub write_buffer_bytes: usize,
+    /// Most log-write requests merged into one group-commit write batch.
+    pub group_commit_requests_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            listen: "127.0.0.1:50051".to_string(),
+            advertise: String::new(),
+            data_dir: PathBuf::from("./data/ringkv"),
+            initial_cluster: String::new(),
+            shards: 16,
+            raft: RaftConfig::default(),
+            limits: LimitsConfig::default(),
+            sessions: SessionConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 150,
+            election_timeout_ms_min: 800,
+            election_timeout_ms_max: 1600,
+            snapshot_logs_since_last: 10_000,
+            snapshot_logs_to_keep: 1_000,
+            snapshot_chunk_bytes_max: 1024 * 1024,
+            append_entries_max: 256,
+            leader_wait_ms: 3_000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            key_bytes_max: 4096,
+            value_bytes_max: 1024 * 1024,
+            batch_keys_max: 1000,
+            batch_bytes_max: 16 * 1024 * 1024,
+            scan_limit_max: 10_000,
+            inflight_requests_max: 4096,
+            forward_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { ttl_ms: 10 * 60 * 1000 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 32 * 1024 * 1024,
+            write_buffer_bytes: 8 * 1024 * 1024,
+            group_commit_requests_max: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The address peers and clients should use for this node.
+    pub fn advertise_addr(&self) -> &str {
+        if self.advertise.is_empty() {
+            &self.listen
+        } else {
+            &self.advertise
+        }
+    }
+
+    /// Parses `initial_cluster` into node id -> address.
+    pub fn initial_nodes(&self) -> Result<BTreeMap<u64, String>, ConfigError> {
+        parse_initial_cluster(&self.initial_cluster)
+    }
+
+    /// Checks every field and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return bad("node_id must be set and non-zero".into());
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return bad(format!("listen {:?} is not an ip:port address", self.listen));
+        }
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));
+        }
+        let nodes = self.initial_nodes()?;
+        if !nodes.contains_key(&self.node_id) {
+            return bad(format!(
+                "node_id {} does not appear in initial_cluster {:?}",
+                self.node_id, self.initial_cluster
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 {
+            return bad("raft.heartbeat_interval_ms must be > 0".into());
+        }
+        if r.election_timeout_ms_min <= r.heartbeat_interval_ms {
+            return bad("raft.election_timeout_ms_min must exceed raft.heartbeat_interval_ms".into());
+        }
+        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
+            return bad("raft.election_timeout_ms_max must exceed raft.election_timeout_ms_min".into());
+        }
+        if r.snapshot_logs_since_last == 0 {
+            return bad("raft.snapshot_logs_since_last must be > 0".into());
+        }
+        if r.snapshot_chunk_bytes_max < 1024 || r.snapshot_chunk_bytes_max > 64 * 1024 * 1024 {
+            return bad("raft.snapshot_chunk_bytes_max must be 1 KiB..=64 MiB".into());
+        }
+        if r.append_entries_max == 0 {
+            return bad("raft.append_entries_max must be > 0".into());
+        }
+        let l = &self.limits;
+        if l.key_bytes_max == 0 || l.key_bytes_max > 64 * 1024 {
+            return bad("limits.key_bytes_max must be 1..=65536".into());
+        }
+        if l.value_bytes_max > 64 * 1024 * 1024 {
+            return bad("limits.value_bytes_max must be <= 64 MiB".into());
+        }
+        if l.batch_keys_max == 0 || l.batch_keys_max > 100_000 {
+            return bad("limits.batch_keys_max must be 1..=100000".into());
+        }
+        if l.batch_bytes_max < l.key_bytes_max + l.value_bytes_max {
+            return bad("limits.batch_bytes_max must hold at least one maximal key and value".into());
+        }
+        if l.batch_bytes_max > 256 * 1024 * 1024 {
+            return bad("limits.batch_bytes_max must be <= 256 MiB".into());
+        }
+        if l.scan_limit_max == 0 {
+            return bad("limits.scan_limit_max must be > 0".into());
+        }
+        if l.inflight_requests_max == 0 {
+            return bad("limits.inflight_requests_max must be > 0".into());
+        }
+        if self.sessions.ttl_ms == 0 {
+            return bad("sessions.ttl_ms must be > 0".into());
+        }
+        if self.storage.group_commit_requests_max == 0 {
+            return bad("storage.group_commit_requests_max must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Largest gRPC message a node accepts: one maximal batch plus framing.
+    pub fn grpc_message_bytes_max(&self) -> usize {
+        self.limits.batch_bytes_max + 1024 * 1024
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut nodes = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("initial_cluster entry {part:?} is not id=host:port")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("initial_cluster entry {part:?}: id is not a number")))?;
+        if id == 0 {
+            return Err(ConfigError::Invalid("initial_cluster: node id 0 is reserved".into()));
+        }
+        let addr = addr.trim();
+        if addr.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "initial_cluster entry {part:?}: {addr:?} is not ip:port"
+            )));
+        }
+        if nodes.insert(id, addr.to_string()).is_some() {
+            return Err(ConfigError::Invalid(format!("initial_cluster names node {id} twice")));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(ConfigError::Invalid("initial_cluster is empty".into()));
+    }
+    if nodes.len() > INITIAL_NODES_MAX {
+        return Err(ConfigError::Invalid(format!(
+            "initial_cluster names more than {INITIAL_NODES_MAX} nodes"
+        )));
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Config {
+        Config {
+            node_id: 1,
+            initial_cluster: "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3".into(),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn default_with_identity_is_valid() {
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let text = include_str!("../../ringkv.example.toml");
+        let cfg: Config = toml::from_str(text).unwrap();
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let mut c = valid();
+        c.node_id = 4;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.raft.election_timeout_ms_max = c.raft.election_timeout_ms_min;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.shards = 0;
+        assert!(c.validate().is_err());
+        assert!(parse_initial_cluster("1=foo").is_err());
+        assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+        assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("nodeid = 3").is_err());
+    }
+}

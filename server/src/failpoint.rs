@@ -1,0 +1,53 @@
+//! Failpoints: named fault injections switched on by tests through the
+//! `RINGKV_FAILPOINTS` environment variable, e.g.
+//! `RINGKV_FAILPOINTS=snapshot.corrupt_chunk=2` corrupts the next two snapshot
+//! chunks this node sends (after their crc32 was computed).
+//!
+//! Owns only the counters. A failpoint that is not named in the variable
+//! costs one map lookup and never fires.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+/// Environment variable read once at first use.
+pub const FAILPOINTS_ENV: &str = "RINGKV_FAILPOINTS";
+
+/// Corrupts one byte of an outgoing snapshot chunk.
+pub const SNAPSHOT_CORRUPT_CHUNK: &str = "snapshot.corrupt_chunk";
+
+fn table() -> &'static HashMap<String, AtomicU64> {
+    static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
+    TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))
+}
+
+fn parse(spec: &str) -> HashMap<String, AtomicU64> {
+    spec.split(',')
+        .filter_map(|part| {
+            let (name, count) = part.trim().split_once('=')?;
+            Some((name.trim().to_string(), AtomicU64::new(count.trim().parse().ok()?)))
+        })
+        .collect()
+}
+
+/// Returns true (and uses up one firing) when `name` still has firings left.
+pub fn fire(name: &str) -> bool {
+    let Some(left) = table().get(name) else { return false };
+    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_ignores_junk() {
+        let t = parse("a=2, b = 1,junk,c=x");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t["a"].load(Ordering::SeqCst), 2);
+        assert_eq!(t["b"].load(Ordering::SeqCst), 1);
+        assert!(!fire("never-configured"));
+    }
+}

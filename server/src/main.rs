@@ -1,0 +1,144 @@
+//! `ringkv-server`: runs one ringkv node.
+//!
+//! Reads an optional TOML config (`--config`), applies command-line
+//! overrides, validates, starts the node and serves gRPC until SIGINT or
+//! SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use ringkv_server::config::Config;
+use ringkv_server::node::Node;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringkv-server",
+    version,
+    about = "A ringkv node: sharded, Raft-replicated key-value store"
+)]
+struct Args {
+    /// TOML config file (see ringkv.example.toml); flags override it.
+    #[arg(long, env = "RINGKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, listed in --initial-cluster).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// gRPC listen address, ip:port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address peers and clients use for this node (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (created if missing; resumed if it holds a node).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bootstrap members: 1=host:port,2=host:port,3=host:port.
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// Data shards created at bootstrap.
+    #[arg(long)]
+    shards: Option<u32>,
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    #[arg(long)]
+    election_timeout_ms_min: Option<u64>,
+    #[arg(long)]
+    election_timeout_ms_max: Option<u64>,
+    /// Build a snapshot after this many applied entries.
+    #[arg(long)]
+    snapshot_logs_since_last: Option<u64>,
+    /// Log entries kept behind a snapshot.
+    #[arg(long)]
+    snapshot_logs_to_keep: Option<u64>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($flag:expr, $field:expr) => {
+                if let Some(v) = $flag {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.node_id, c.node_id);
+        set!(self.listen, c.listen);
+        set!(self.advertise, c.advertise);
+        set!(self.data_dir, c.data_dir);
+        set!(self.initial_cluster, c.initial_cluster);
+        set!(self.shards, c.shards);
+        set!(self.heartbeat_interval_ms, c.raft.heartbeat_interval_ms);
+        set!(self.election_timeout_ms_min, c.raft.election_timeout_ms_min);
+        set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);
+        set!(self.snapshot_logs_since_last, c.raft.snapshot_logs_since_last);
+        set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = Args::parse().into_config()?;
+    let listen = cfg.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
+    let node: Arc<Node> = Node::start(cfg).await.context("start node")?;
+    tracing::info!(node = node.id, %listen, shards = node.shards.len(), "ringkv-server serving");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(ringkv_server::service::serve(node.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        r = &mut server => {
+            node.shutdown().await;
+            match r {
+                Ok(Ok(())) => anyhow::bail!("grpc server stopped unexpectedly"),
+                Ok(Err(e)) => return Err(e).context("grpc server"),
+                Err(e) => anyhow::bail!("grpc server task: {e}"),
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(());
+    node.shutdown().await;
+    match server.await {
+        Ok(r) => r.context("grpc server")?,
+        Err(e) => anyhow::bail!("grpc server task: {e}"),
+    }
+    Ok(())
+}

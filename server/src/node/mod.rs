@@ -1,0 +1,524 @@
+//! A ringkv node: owns the database, the group committer, the peer
+//! connections and one openraft instance per hosted shard (plus the metadata
+//! group when this node is one of its members).
+//!
+//! Owns bootstrap and restart, routing a key to its shard, and the local
+//! halves of the request path: proposing a write on a leader and making a
+//! linearizable read safe. It does not speak gRPC to clients (see `service`)
+//! and does not decide what a command does (see `storage::state_machine`).
+
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::error::ClientWriteError;
+use openraft::error::InitializeError;
+use openraft::error::RaftError;
+use openraft::BasicNode;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerPool;
+use crate::raft::openraft_config;
+use crate::raft::read_index::ReadIndex;
+use crate::raft::types::decode;
+use crate::raft::types::encode;
+use crate::raft::types::Command;
+use crate::raft::types::Raft;
+use crate::raft::types::RaftRequest;
+use crate::raft::types::RaftResponse;
+use crate::raft::types::SessionId;
+use crate::ring::ClusterLayout;
+use crate::ring::ShardInfo;
+use crate::ring::META_SHARD_ID;
+use crate::storage::group_commit::GroupCommit;
+use crate::storage::group_commit::WriteOp;
+use crate::storage::keys;
+use crate::storage::log_store::LogStore;
+use crate::storage::state_machine::ShardStateMachine;
+use crate::storage::state_machine::SmStats;
+use crate::storage::Cf;
+use crate::storage::Db;
+use stats::NodeStats;
+
+/// A fresh replica that is not its group's first waits this many maximal
+/// election timeouts for the first replica before initializing the group
+/// itself.
+const INIT_FALLBACK_ELECTIONS: u64 = 4;
+/// How often the bootstrap task retries installing the layout.
+const META_INIT_RETRY_MS: u64 = 500;
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("data dir belongs to node {found}, not node {configured}")]
+    WrongNode { found: u64, configured: u64 },
+}
+
+/// What a node writes once it has bootstrapped, so a restart resumes the same
+/// cluster whatever the flags say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BootstrapRecord {
+    node_id: u64,
+    layout: ClusterLayout,
+}
+
+/// One hosted shard.
+pub struct Shard {
+    pub id: u64,
+    pub info: ShardInfo,
+    pub raft: Raft,
+    pub reads: Arc<ReadIndex>,
+}
+
+/// Key-value pairs in key order.
+pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Consistency asked for by a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadConsistency {
+    Linearizable,
+    Stale,
+}
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub cfg: Config,
+    pub db: Arc<Db>,
+    pub gc: GroupCommit,
+    pub pool: Arc<PeerPool>,
+    /// The ring this node routes with (fixed at bootstrap in this version).
+    pub layout: Arc<ClusterLayout>,
+    /// Hosted shards by id, the metadata group included.
+    pub shards: BTreeMap<u64, Arc<Shard>>,
+    /// Layout installed in the metadata group (`None` until committed, or
+    /// when this node is not a metadata member).
+    pub meta_layout: Option<watch::Receiver<Option<ClusterLayout>>>,
+    pub stats: NodeStats,
+    pub sm_stats: Arc<SmStats>,
+}
+
+impl Node {
+    /// Opens the data dir and starts every hosted shard. On first start the
+    /// deterministic bootstrap layout is computed from `initial_cluster` and
+    /// every shard group is initialized with its replicas.
+    pub async fn start(cfg: Config) -> Result<Arc<Self>, NodeError> {
+        cfg.validate()?;
+        let db = Db::open(&cfg.data_dir, &cfg.storage)?;
+        let gc = GroupCommit::start(db.clone(), cfg.storage.group_commit_requests_max)?;
+        let record_key = keys::tagged(keys::NODE_RECORDS, keys::NODE_BOOTSTRAP);
+        let existing: Option<BootstrapRecord> = match db.get(Cf::Meta, &record_key)? {
+            None => None,
+            Some(b) => Some(decode(&b).map_err(|e| crate::storage::StorageError::Corrupt {
+                what: "bootstrap record",
+                detail: e.to_string(),
+            })?),
+        };
+        let fresh = existing.is_none();
+        let layout = match existing {
+            Some(r) => {
+                if r.node_id != cfg.node_id {
+                    return Err(NodeError::WrongNode {
+                        found: r.node_id,
+                        configured: cfg.node_id,
+                    });
+                }
+                tracing::info!(node = cfg.node_id, epoch = r.layout.epoch, "resuming from data dir");
+                r.layout
+            }
+            None => {
+                let l = ClusterLayout::bootstrap(&cfg.initial_nodes()?, cfg.shards);
+                tracing::info!(
+                    node = cfg.node_id,
+                    shards = l.shards.len(),
+                    "bootstrapping a new cluster"
+                );
+                l
+            }
+        };
+        if let Err(e) = layout.check() {
+            return Err(NodeError::Raft(format!("invalid layout: {e}")));
+        }
+        let id = cfg.node_id;
+        let pool = PeerPool::new(id);
+        let sm_stats = Arc::new(SmStats::default());
+        let mut groups: Vec<ShardInfo> = layout.shards_on(id).cloned().collect();
+        if layout.meta_replicas.contains(&id) {
+            groups.push(ShardInfo {
+                id: META_SHARD_ID,
+                replicas: layout.meta_replicas.clone(),
+                ranges: vec![],
+            });
+        }
+        let mut shards = BTreeMap::new();
+        let mut meta_layout = None;
+        for info in groups {
+            let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
+            let log = LogStore::new(info.id, db.clone(), gc.clone());
+            let sm = ShardStateMachine::open(
+                info.id,
+                db.clone(),
+                info.ranges.clone(),
+                cfg.sessions.ttl_ms,
+                sm_stats.clone(),
+            )
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+            if info.id == META_SHARD_ID {
+                meta_layout = Some(sm.subscribe_layout());
+            }
+            let net = NetworkFactory {
+                shard: info.id,
+                pool: pool.clone(),
+            };
+            let raft = Raft::new(id, config, net, log, sm)
+                .await
+                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
+            let uninitialized = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_none();
+            if uninitialized {
+                let members: BTreeMap<u64, BasicNode> = info
+                    .replicas
+                    .iter()
+                    .map(|r| (*r, BasicNode::new(layout.nodes.get(r).cloned().unwrap_or_default())))
+                    .collect();
+                // The first replica initializes at once and so becomes the
+                // first leader: leaders start spread round-robin like the
+                // replicas. The others initialize only if that replica has
+                // not reached them in a while (it may be down).
+                let delay_ms = if info.replicas.first() == Some(&id) {
+                    0
+                } else {
+                    INIT_FALLBACK_ELECTIONS * cfg.raft.election_timeout_ms_max
+                };
+                tokio::spawn(initialize_group(raft.clone(), info.id, members, delay_ms));
+            }
+            let reads = ReadIndex::new(raft.clone());
+            shards.insert(
+                info.id,
+                Arc::new(Shard {
+                    id: info.id,
+                    info,
+                    raft,
+                    reads,
+                }),
+            );
+        }
+        if fresh {
+            let rec = BootstrapRecord {
+                node_id: id,
+                layout: layout.clone(),
+            };
+            gc.write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
+                .await?;
+        }
+        let node = Arc::new(Node {
+            id,
+            cfg,
+            db,
+            gc,
+            pool,
+            layout: Arc::new(layout),
+            shards,
+            meta_layout,
+            stats: NodeStats::default(),
+            sm_stats,
+        });
+        if node.shards.contains_key(&META_SHARD_ID) {
+            tokio::spawn(install_layout(node.clone()));
+        }
+        Ok(node)
+    }
+
+    /// Stops every Raft group.
+    pub async fn shutdown(&self) {
+        for s in self.shards.values() {
+            if let Err(e) = s.raft.shutdown().await {
+                tracing::warn!(shard = s.id, error = %e, "raft shutdown");
+            }
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.layout.epoch
+    }
+
+    /// The data shard owning `key`.
+    pub fn shard_for_key(&self, key: &[u8]) -> Result<u64, ServerError> {
+        self.layout
+            .shard_for_key(key)
+            .ok_or_else(|| ServerError::Internal("ring does not cover a token".into()))
+    }
+
+    pub fn addr_of(&self, node_id: u64) -> Option<String> {
+        self.layout.nodes.get(&node_id).cloned()
+    }
+
+    /// A best guess of the leader of a shard this node does not host.
+    pub fn remote_hint(&self, shard_id: u64) -> ServerError {
+        let first = self
+            .layout
+            .shards
+            .get(&shard_id)
+            .and_then(|s| s.replicas.first().copied());
+        match first {
+            Some(n) => ServerError::NotLeader {
+                node_id: self.id,
+                shard_id,
+                leader_id: Some(n),
+                leader_addr: self.addr_of(n),
+            },
+            None => ServerError::UnknownShard {
+                shard_id,
+                node_id: self.id,
+            },
+        }
+    }
+
+    fn hosted(&self, shard_id: u64) -> Result<&Arc<Shard>, ServerError> {
+        match self.shards.get(&shard_id) {
+            Some(s) => Ok(s),
+            None => Err(self.remote_hint(shard_id)),
+        }
+    }
+
+    /// Waits (until `deadline`, at most `leader_wait_ms`) for the shard to
+    /// have a leader; errors with NOT_LEADER when it is another node.
+    pub async fn ensure_leader(&self, shard: &Shard, deadline: Instant) -> Result<(), ServerError> {
+        let wait_until = deadline.min(Instant::now() + Duration::from_millis(self.cfg.raft.leader_wait_ms));
+        let mut metrics = shard.raft.metrics();
+        let leader = loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            if let Some(l) = leader {
+                break l;
+            }
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, metrics.changed()).await.is_err() {
+                return Err(ServerError::ShardUnavailable {
+                    shard_id: shard.id,
+                    reason: "no leader elected yet".into(),
+                });
+            }
+        };
+        if leader == self.id {
+            Ok(())
+        } else {
+            Err(ServerError::NotLeader {
+                node_id: self.id,
+                shard_id: shard.id,
+                leader_id: Some(leader),
+                leader_addr: self.addr_of(leader),
+            })
+        }
+    }
+
+    /// Proposes a command on the local leader of `shard_id` and returns its
+    /// applied result.
+    pub async fn write(
+        &self,
+        shard_id: u64,
+        command: Command,
+        session: Option<SessionId>,
+        deadline: Instant,
+    ) -> Result<RaftResponse, ServerError> {
+        let shard = self.hosted(shard_id)?;
+        self.ensure_leader(shard, deadline).await?;
+        let req = RaftRequest {
+            command,
+            session,
+            timestamp_ms: now_ms(),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let res = tokio::time::timeout(left, shard.raft.client_write(req))
+            .await
+            .map_err(|_| {
+                ServerError::DeadlineExceeded(format!(
+                    "write to shard {shard_id} not committed before the deadline; outcome unknown, retry with the same client id and sequence"
+                ))
+            })?;
+        self.stats.inc(&self.stats.client_writes);
+        match res {
+            Ok(r) => match r.data {
+                RaftResponse::Rejected { reason } => Err(ServerError::WrongShard {
+                    shard_id,
+                    epoch: self.epoch(),
+                })
+                .inspect_err(|_| tracing::warn!(shard_id, %reason, "command rejected by state machine")),
+                RaftResponse::StaleSequence { last_sequence } => Err(ServerError::StaleSequence {
+                    sequence: session.map_or(0, |s| s.sequence),
+                    last_sequence,
+                }),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ServerError::NotLeader {
+                node_id: self.id,
+                shard_id,
+                leader_id: f.leader_id,
+                leader_addr: f.leader_node.map(|n| n.addr),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ServerError::Internal(format!("unexpected membership error: {e}")))
+            }
+            Err(RaftError::Fatal(e)) => Err(ServerError::ShardUnavailable {
+                shard_id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Makes a read of `shard_id` safe at the requested consistency: for a
+    /// linearizable read, confirms leadership with a (shared) quorum round
+    /// and waits until the local state machine caught up.
+    pub async fn read_barrier(
+        &self,
+        shard_id: u64,
+        consistency: ReadConsistency,
+        deadline: Instant,
+    ) -> Result<(), ServerError> {
+        let shard = self.hosted(shard_id)?;
+        if consistency == ReadConsistency::Stale {
+            return Ok(());
+        }
+        self.ensure_leader(shard, deadline).await?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        shard.reads.linearize(left).await.map_err(|reason| {
+            if Instant::now() >= deadline {
+                ServerError::DeadlineExceeded(reason)
+            } else {
+                ServerError::ShardUnavailable { shard_id, reason }
+            }
+        })
+    }
+
+    /// Reads a key from the local replica (call [`Self::read_barrier`] first).
+    pub fn read_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ServerError> {
+        let dk = keys::data_key(crate::ring::token_of(key), key);
+        Ok(self.db.get(Cf::Data, &dk)?)
+    }
+
+    /// Up to `limit` pairs of `shard_id` with `start <= key < end` (`end`
+    /// empty = unbounded), in key order, from the local replica.
+    pub fn scan_local(
+        &self,
+        shard_id: u64,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, ServerError> {
+        let from = keys::index_key(shard_id, start);
+        let upper = if end.is_empty() {
+            keys::shard_prefix(shard_id + 1).to_vec()
+        } else {
+            keys::index_key(shard_id, end)
+        };
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(upper);
+        // A snapshot keeps index and data consistent with each other.
+        let snap = self.db.raw().snapshot();
+        opts.set_snapshot(&snap);
+        let it = self.db.raw().iterator_cf_opt(
+            self.db.cf(Cf::KeyIndex),
+            opts,
+            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(|e| ServerError::Storage(e.into_string()))?;
+            let key = &k[8..];
+            let dk = keys::data_key(crate::ring::token_of(key), key);
+            let v = snap
+                .get_cf(self.db.cf(Cf::Data), &dk)
+                .map_err(|e| ServerError::Storage(e.into_string()))?;
+            match v {
+                Some(v) => out.push((key.to_vec(), v)),
+                None => {
+                    return Err(ServerError::Storage(format!(
+                        "key index of shard {shard_id} names a key without data"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Initializes a fresh group with its bootstrap members after `delay_ms`,
+/// unless it has heard of a membership by then.
+async fn initialize_group(raft: Raft, shard: u64, members: BTreeMap<u64, BasicNode>, delay_ms: u64) {
+    if delay_ms > 0 {
+        let heard = raft
+            .wait(Some(Duration::from_millis(delay_ms)))
+            .metrics(
+                |m| m.membership_config.membership().voter_ids().next().is_some(),
+                "membership known",
+            )
+            .await;
+        if heard.is_ok() {
+            return;
+        }
+    }
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(shard, "initialized shard group"),
+        // Already initialized: restarted before the bootstrap record was
+        // written, or another replica's log reached us first.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(e) => tracing::error!(shard, error = %e, "cannot initialize shard group"),
+    }
+}
+
+/// Installs the bootstrap layout into the metadata group once, from its leader.
+async fn install_layout(node: Arc<Node>) {
+    let Some(mut installed) = node.meta_layout.clone() else {
+        return;
+    };
+    loop {
+        if installed.borrow_and_update().is_some() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_millis(node.cfg.raft.leader_wait_ms);
+        let cmd = Command::InitCluster((*node.layout).clone());
+        match node.write(META_SHARD_ID, cmd, None, deadline).await {
+            Ok(_) => {
+                tracing::info!(
+                    epoch = node.layout.epoch,
+                    "cluster layout installed in the metadata group"
+                );
+                return;
+            }
+            Err(ServerError::NotLeader { .. }) | Err(ServerError::ShardUnavailable { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "installing cluster layout"),
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(META_INIT_RETRY_MS), installed.changed()).await {
+            return; // the metadata group shut down
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

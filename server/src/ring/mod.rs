@@ -1,0 +1,215 @@
+//! The consistent-hash ring: key -> token -> shard, and the bootstrap layout.
+//!
+//! Pure data and functions, no I/O. A key's token is XXH3-64 (seed 0) of its
+//! bytes: a fixed, documented algorithm that never changes between versions,
+//! so data written by one release is found by the next. Each shard owns one or
+//! more half-open token ranges; together the ranges cover the whole ring
+//! exactly once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// Shard id of the metadata Raft group. Data shards are numbered from 1.
+pub const META_SHARD_ID: u64 = 0;
+/// Replicas per data shard when enough nodes exist.
+pub const REPLICATION_FACTOR: usize = 3;
+/// Most members of the metadata group.
+pub const META_REPLICAS_MAX: usize = 3;
+
+/// The ring position of a key.
+pub fn token_of(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// A half-open token range `[start, end)`; `end == None` runs to 2^64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl TokenRange {
+    pub fn contains(&self, token: u64) -> bool {
+        token >= self.start && self.end.is_none_or(|e| token < e)
+    }
+}
+
+/// One data shard's placement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub id: u64,
+    /// Node ids holding a replica, in preference order.
+    pub replicas: Vec<u64>,
+    pub ranges: Vec<TokenRange>,
+}
+
+/// Everything the metadata group stores: nodes, shards, ring and epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLayout {
+    /// Bumped by every change to the ring or to placement.
+    pub epoch: u64,
+    /// Node id -> advertised gRPC address.
+    pub nodes: BTreeMap<u64, String>,
+    /// Members of the metadata group.
+    pub meta_replicas: Vec<u64>,
+    pub shards: BTreeMap<u64, ShardInfo>,
+    /// Range start token -> owning shard; the first key is always 0.
+    pub ring: BTreeMap<u64, u64>,
+}
+
+/// Errors in a layout; they indicate a bug or corrupt metadata.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RingError {
+    #[error("ring is empty or does not start at token 0")]
+    NoStart,
+    #[error("ring names shard {0} which has no shard entry")]
+    UnknownShard(u64),
+    #[error("shard {0} ranges disagree with the ring")]
+    RangeMismatch(u64),
+    #[error("shard {0} names replica {1} which is not a node")]
+    UnknownReplica(u64, u64),
+}
+
+impl ClusterLayout {
+    /// The deterministic layout every node computes from the same
+    /// `initial_cluster` and shard count: equal token ranges, replicas
+    /// placed round-robin so leaders and load spread evenly.
+    pub fn bootstrap(nodes: &BTreeMap<u64, String>, shard_count: u32) -> Self {
+        assert!(!nodes.is_empty(), "bootstrap needs at least one node");
+        assert!(shard_count > 0, "bootstrap needs at least one shard");
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        let rf = REPLICATION_FACTOR.min(ids.len());
+        let step = u64::MAX / u64::from(shard_count) + 1;
+        let mut shards = BTreeMap::new();
+        let mut ring = BTreeMap::new();
+        for i in 0..u64::from(shard_count) {
+            let id = i + 1;
+            let start = i * step;
+            let end = if i + 1 == u64::from(shard_count) {
+                None
+            } else {
+                Some((i + 1) * step)
+            };
+            let replicas = (0..rf).map(|k| ids[(i as usize + k) % ids.len()]).collect();
+            ring.insert(start, id);
+            shards.insert(
+                id,
+                ShardInfo {
+                    id,
+                    replicas,
+                    ranges: vec![TokenRange { start, end }],
+                },
+            );
+        }
+        let layout = ClusterLayout {
+            epoch: 1,
+            nodes: nodes.clone(),
+            meta_replicas: ids.iter().copied().take(META_REPLICAS_MAX).collect(),
+            shards,
+            ring,
+        };
+        debug_assert_eq!(layout.check(), Ok(()));
+        layout
+    }
+
+    /// The shard owning `token`.
+    pub fn shard_for_token(&self, token: u64) -> Option<u64> {
+        self.ring.range(..=token).next_back().map(|(_, s)| *s)
+    }
+
+    /// The shard owning `key`.
+    pub fn shard_for_key(&self, key: &[u8]) -> Option<u64> {
+        self.shard_for_token(token_of(key))
+    }
+
+    /// Shards that have a replica on `node_id`.
+    pub fn shards_on(&self, node_id: u64) -> impl Iterator<Item = &ShardInfo> {
+        self.shards.values().filter(move |s| s.replicas.contains(&node_id))
+    }
+
+    /// Verifies the layout's internal consistency.
+    pub fn check(&self) -> Result<(), RingError> {
+        if self.ring.keys().next() != Some(&0) {
+            return Err(RingError::NoStart);
+        }
+        let starts: Vec<(u64, u64)> = self.ring.iter().map(|(t, s)| (*t, *s)).collect();
+        for (i, (start, shard)) in starts.iter().enumerate() {
+            let info = self.shards.get(shard).ok_or(RingError::UnknownShard(*shard))?;
+            let end = starts.get(i + 1).map(|(t, _)| *t);
+            if !info.ranges.contains(&TokenRange { start: *start, end }) {
+                return Err(RingError::RangeMismatch(*shard));
+            }
+        }
+        for info in self.shards.values() {
+            if info.ranges.iter().any(|r| self.ring.get(&r.start) != Some(&info.id)) {
+                return Err(RingError::RangeMismatch(info.id));
+            }
+            if let Some(r) = info.replicas.iter().find(|r| !self.nodes.contains_key(r)) {
+                return Err(RingError::UnknownReplica(info.id, *r));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u64) -> BTreeMap<u64, String> {
+        (1..=n).map(|i| (i, format!("127.0.0.1:{}", 50050 + i))).collect()
+    }
+
+    #[test]
+    fn token_is_stable_xxh3() {
+        // Pinned values: changing them would orphan every stored key.
+        assert_eq!(token_of(b""), 0x2d06800538d394c2);
+        assert_eq!(token_of(b"hello"), 0x9555e8555c62dcfd);
+    }
+
+    #[test]
+    fn bootstrap_covers_ring_once() {
+        for shards in [1u32, 2, 3, 16, 17, 1000] {
+            let l = ClusterLayout::bootstrap(&nodes(3), shards);
+            l.check().unwrap();
+            assert_eq!(l.shards.len(), shards as usize);
+            assert_eq!(l.shard_for_token(0), Some(1));
+            assert_eq!(l.shard_for_token(u64::MAX), Some(u64::from(shards)));
+            for s in l.shards.values() {
+                assert_eq!(s.replicas.len(), 3);
+                for r in &s.ranges {
+                    assert_eq!(l.shard_for_token(r.start), Some(s.id));
+                    if let Some(e) = r.end {
+                        assert_eq!(l.shard_for_token(e - 1), Some(s.id));
+                        assert!(!r.contains(e));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn replicas_spread_round_robin() {
+        let l = ClusterLayout::bootstrap(&nodes(5), 10);
+        let mut first = BTreeMap::<u64, usize>::new();
+        for s in l.shards.values() {
+            *first.entry(s.replicas[0]).or_default() += 1;
+            let mut r = s.replicas.clone();
+            r.dedup();
+            assert_eq!(r.len(), 3);
+        }
+        assert!(first.values().all(|c| *c == 2), "{first:?}");
+        assert_eq!(l.meta_replicas, vec![1, 2, 3]);
+        assert_eq!(ClusterLayout::bootstrap(&nodes(1), 4).shards[&1].replicas, vec![1]);
+    }
+
+    #[test]
+    fn check_detects_holes() {
+        let mut l = ClusterLayout::bootstrap(&nodes(3), 4);
+        let second = *l.ring.keys().nth(1).unwrap();
+        l.ring.remove(&second);
+        assert!(l.check().is_err());
+    }
+}

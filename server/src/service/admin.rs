@@ -1,0 +1,174 @@
+//! `ringkv.v1.Admin`: cluster layout with live leader information, node
+//! counters, and an on-demand snapshot + log purge of a shard.
+//!
+//! Read-only except `TriggerSnapshot`; never touches user data.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::v1::admin_server::Admin;
+use ringkv_proto::v1::*;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::error::ServerError;
+use crate::node::stats::resident_memory_bytes;
+use crate::node::stats::NodeStats;
+use crate::node::Node;
+use crate::ring::TokenRange as RingRange;
+use crate::ring::META_SHARD_ID;
+
+/// Longest `TriggerSnapshot` waits for the snapshot to be built.
+pub const TRIGGER_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
+pub struct AdminService {
+    pub node: Arc<Node>,
+}
+
+fn ranges(rs: &[RingRange]) -> Vec<TokenRange> {
+    rs.iter()
+        .map(|r| TokenRange {
+            start: r.start,
+            end: r.end.unwrap_or(0),
+            end_is_max: r.end.is_none(),
+        })
+        .collect()
+}
+
+impl AdminService {
+    fn shard_status(&self, id: u64, replicas: &[u64], rs: &[RingRange]) -> ShardStatus {
+        let mut st = ShardStatus {
+            id,
+            replicas: replicas.to_vec(),
+            ranges: ranges(rs),
+            ..ShardStatus::default()
+        };
+        if let Some(s) = self.node.shards.get(&id) {
+            let m = s.raft.metrics().borrow().clone();
+            st.hosted_here = true;
+            st.leader_id = m.current_leader.unwrap_or(0);
+            st.term = m.current_term;
+            st.last_applied_index = m.last_applied.map_or(0, |l| l.index);
+        }
+        st
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        _request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let l = &self.node.layout;
+        let shards = l
+            .shards
+            .values()
+            .map(|s| self.shard_status(s.id, &s.replicas, &s.ranges))
+            .collect();
+        Ok(Response::new(ClusterStatusResponse {
+            epoch: l.epoch,
+            served_by: self.node.id,
+            nodes: l
+                .nodes
+                .iter()
+                .map(|(id, addr)| NodeInfo {
+                    id: *id,
+                    addr: addr.clone(),
+                })
+                .collect(),
+            shards,
+            metadata: Some(self.shard_status(META_SHARD_ID, &l.meta_replicas, &[])),
+        }))
+    }
+
+    async fn node_stats(&self, _request: Request<NodeStatsRequest>) -> Result<Response<NodeStatsResponse>, Status> {
+        let n = &self.node;
+        let leading = n
+            .shards
+            .values()
+            .filter(|s| s.id != META_SHARD_ID && s.raft.metrics().borrow().current_leader == Some(n.id))
+            .count();
+        let (rounds, reads) = n.shards.values().fold((0, 0), |(a, b), s| {
+            (
+                a + s.reads.rounds.load(Ordering::Relaxed),
+                b + s.reads.reads.load(Ordering::Relaxed),
+            )
+        });
+        let net = &n.pool.stats;
+        Ok(Response::new(NodeStatsResponse {
+            node_id: n.id,
+            resident_memory_bytes: resident_memory_bytes(),
+            shards_hosted: n.shards.keys().filter(|id| **id != META_SHARD_ID).count() as u64,
+            shards_leading: leading as u64,
+            log_write_requests: n.gc.stats.requests.load(Ordering::Relaxed),
+            wal_syncs: n.gc.stats.syncs.load(Ordering::Relaxed),
+            client_writes: NodeStats::get(&n.stats.client_writes),
+            snapshots_built: n.sm_stats.snapshots_built.load(Ordering::Relaxed),
+            snapshots_installed: n.sm_stats.snapshots_installed.load(Ordering::Relaxed),
+            snapshot_chunks_sent: net.snapshot_chunks_sent.load(Ordering::Relaxed),
+            snapshot_chunks_rejected: NodeStats::get(&n.stats.snapshot_chunks_rejected),
+            read_index_rounds: rounds,
+            linearizable_reads: reads,
+            forwarded_requests: NodeStats::get(&n.stats.forwarded_requests),
+            raft_batches_sent: net.batches_sent.load(Ordering::Relaxed),
+            raft_messages_sent: net.messages_sent.load(Ordering::Relaxed),
+        }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        let id = request.into_inner().shard_id;
+        let epoch = self.node.epoch();
+        let Some(shard) = self.node.shards.get(&id) else {
+            return Err(ServerError::UnknownShard {
+                shard_id: id,
+                node_id: self.node.id,
+            }
+            .to_status(epoch));
+        };
+        let unavailable = |reason: String| ServerError::ShardUnavailable { shard_id: id, reason }.to_status(epoch);
+        let applied = shard.raft.metrics().borrow().last_applied;
+        let Some(applied) = applied else {
+            return Err(unavailable("nothing applied yet".into()));
+        };
+        shard
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let timeout = Duration::from_millis(TRIGGER_SNAPSHOT_TIMEOUT_MS);
+        let m = shard
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| unavailable(format!("snapshot not built: {e}")))?;
+        let snap = m.snapshot.map_or(0, |s| s.index);
+        shard
+            .raft
+            .trigger()
+            .purge_log(snap)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let purged = shard
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.purged.is_some_and(|p| p.index >= snap), "log purged")
+            .await
+            .map(|m| m.purged.map_or(0, |p| p.index))
+            .unwrap_or(0);
+        Ok(Response::new(TriggerSnapshotResponse {
+            snapshot_index: snap,
+            purged_upto: purged,
+        }))
+    }
+}

@@ -1,0 +1,769 @@
+//! `ringkv.v1.Kv`: validates every request at the edge, routes each key to
+//! its shard, serves it on the local leader or forwards it once to the
+//! shard's leader, and fans batches and scans out across shards.
+//!
+//! Owns request validation, the limits' error names and forwarding. The
+//! consensus and storage work is the node's.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use ringkv_proto::v1::compare_and_swap_request::Action;
+use ringkv_proto::v1::compare_and_swap_request::Expected;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::kv_server::Kv;
+use ringkv_proto::v1::*;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::Semaphore;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::error::ServerError;
+use crate::node::Node;
+use crate::node::ReadConsistency;
+use crate::raft::types::Command;
+use crate::raft::types::RaftResponse;
+use crate::raft::types::SessionId;
+
+/// Metadata key marking a request already forwarded once.
+pub const FORWARDED_METADATA_KEY: &str = "ringkv-forwarded";
+/// Length of an exactly-once client id.
+pub const CLIENT_ID_BYTES: usize = 16;
+/// Version byte of scan continuation tokens.
+const CONTINUATION_V1: u8 = 1;
+
+pub struct KvService {
+    node: Arc<Node>,
+    inflight: Arc<Semaphore>,
+}
+
+/// Per-request context: deadline, whether it was forwarded, and its slot in
+/// the in-flight limit.
+struct Ctx {
+    deadline: Instant,
+    forwarded: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn header_of(h: &Option<RequestHeader>) -> RequestHeader {
+    h.clone().unwrap_or_default()
+}
+
+fn with_shard(h: &Option<RequestHeader>, shard: u64) -> Option<RequestHeader> {
+    let mut h = header_of(h);
+    h.shard_id = shard;
+    Some(h)
+}
+
+fn mark_forwarded(h: &mut Option<ResponseHeader>) {
+    h.get_or_insert_with(ResponseHeader::default).forwarded = true;
+}
+
+fn session_of(h: &Option<RequestHeader>) -> Result<Option<SessionId>, ServerError> {
+    let Some(h) = h else { return Ok(None) };
+    if h.client_id.is_empty() {
+        if h.sequence != 0 {
+            return Err(ServerError::InvalidArgument(
+                "header.sequence is set but header.client_id is empty".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let client_id: [u8; CLIENT_ID_BYTES] = h.client_id.as_slice().try_into().map_err(|_| {
+        ServerError::limit(
+            "client_id_bytes",
+            CLIENT_ID_BYTES as u64,
+            h.client_id.len() as u64,
+            format!("header.client_id must be exactly {CLIENT_ID_BYTES} bytes"),
+        )
+    })?;
+    if h.sequence == 0 {
+        return Err(ServerError::InvalidArgument(
+            "header.sequence must be >= 1 when header.client_id is set".into(),
+        ));
+    }
+    Ok(Some(SessionId {
+        client_id,
+        sequence: h.sequence,
+    }))
+}
+
+fn consistency_of(h: &Option<RequestHeader>) -> ReadConsistency {
+    match h.as_ref().map(|h| h.consistency()) {
+        Some(Consistency::Stale) => ReadConsistency::Stale,
+        _ => ReadConsistency::Linearizable,
+    }
+}
+
+/// The detail carried by a status, or one made up from its code.
+fn detail_of(status: &Status) -> ErrorDetail {
+    ServerError::from_status(status)
+        .map(|(_, d)| d)
+        .unwrap_or_else(|| ErrorDetail {
+            code: ErrorCode::ShardUnavailable as i32,
+            message: status.message().to_string(),
+            ..ErrorDetail::default()
+        })
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        let inflight = Arc::new(Semaphore::new(node.cfg.limits.inflight_requests_max));
+        Self { node, inflight }
+    }
+
+    fn status(&self, e: ServerError) -> Status {
+        e.to_status(self.node.epoch())
+    }
+
+    fn ctx(&self, md: &MetadataMap) -> Result<Ctx, Status> {
+        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.status(ServerError::Overloaded(format!(
+                "more than inflight_requests_max = {} requests in flight",
+                self.node.cfg.limits.inflight_requests_max
+            )))
+        })?;
+        let timeout = md
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(Duration::from_millis(self.node.cfg.limits.forward_timeout_ms));
+        Ok(Ctx {
+            deadline: Instant::now() + timeout,
+            forwarded: md.contains_key(FORWARDED_METADATA_KEY),
+            _permit: permit,
+        })
+    }
+
+    fn response_header(&self, shard_id: u64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            served_by: self.node.id,
+            shard_id,
+            epoch: self.node.epoch(),
+            forwarded: false,
+        })
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), ServerError> {
+        let max = self.node.cfg.limits.key_bytes_max;
+        if key.is_empty() {
+            return Err(ServerError::limit("key_bytes_min", 1, 0, "key must not be empty"));
+        }
+        if key.len() > max {
+            return Err(ServerError::limit(
+                "key_bytes_max",
+                max as u64,
+                key.len() as u64,
+                "key too long",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), ServerError> {
+        let max = self.node.cfg.limits.value_bytes_max;
+        if value.len() > max {
+            return Err(ServerError::limit(
+                "value_bytes_max",
+                max as u64,
+                value.len() as u64,
+                "value too large",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_batch_len(&self, n: usize) -> Result<(), ServerError> {
+        let max = self.node.cfg.limits.batch_keys_max;
+        if n == 0 {
+            return Err(ServerError::InvalidArgument("batch has no keys".into()));
+        }
+        if n > max {
+            return Err(ServerError::limit(
+                "batch_keys_max",
+                max as u64,
+                n as u64,
+                "batch has too many keys",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard of `key`, checked against the one the caller named.
+    fn route(&self, h: &Option<RequestHeader>, key: &[u8]) -> Result<u64, ServerError> {
+        let shard = self.node.shard_for_key(key)?;
+        let asked = h.as_ref().map_or(0, |h| h.shard_id);
+        if asked != 0 && asked != shard {
+            return Err(ServerError::WrongShard {
+                shard_id: shard,
+                epoch: self.node.epoch(),
+            });
+        }
+        Ok(shard)
+    }
+
+    /// Forwards `req` once to the leader named in `err`, or returns `err`.
+    async fn forward<Req, Resp, F, Fut>(&self, ctx: &Ctx, err: ServerError, req: Req, call: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(KvClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let (leader, addr, shard_id) = match &err {
+            ServerError::NotLeader {
+                leader_id: Some(l),
+                leader_addr,
+                shard_id,
+                ..
+            } if !ctx.forwarded && *l != self.node.id => match leader_addr.clone().or_else(|| self.node.addr_of(*l)) {
+                Some(a) => (*l, a, *shard_id),
+                None => return Err(self.status(err)),
+            },
+            _ => return Err(self.status(err)),
+        };
+        let left = ctx.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.status(ServerError::DeadlineExceeded("no time left to forward".into())));
+        }
+        let peer = self
+            .node
+            .pool
+            .peer(leader, &addr)
+            .map_err(|e| self.status(ServerError::Internal(e)))?;
+        let grpc_max = self.node.cfg.grpc_message_bytes_max();
+        let client = KvClient::new(peer.channel.clone())
+            .max_decoding_message_size(grpc_max)
+            .max_encoding_message_size(grpc_max);
+        let mut r = Request::new(req);
+        r.set_timeout(left);
+        r.metadata_mut()
+            .insert(FORWARDED_METADATA_KEY, tonic::metadata::MetadataValue::from_static("1"));
+        self.node.stats.inc(&self.node.stats.forwarded_requests);
+        match tokio::time::timeout(left, call(client, r)).await {
+            Err(_) => Err(self.status(ServerError::DeadlineExceeded(format!(
+                "forwarded request to node {leader} did not answer in time"
+            )))),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            // The leader's own typed error passes through untouched.
+            Ok(Err(status)) if ServerError::from_status(&status).is_some() => Err(status),
+            Ok(Err(status)) => Err(self.status(ServerError::ShardUnavailable {
+                shard_id,
+                reason: format!("forwarding to leader {leader} at {addr} failed: {}", status.message()),
+            })),
+        }
+    }
+
+    async fn get_local(
+        &self,
+        ctx: &Ctx,
+        shard: u64,
+        h: &Option<RequestHeader>,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, ServerError> {
+        self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+        self.node.read_local(key)
+    }
+
+    async fn batch_get_shard(
+        &self,
+        ctx: &Ctx,
+        shard: u64,
+        h: &Option<RequestHeader>,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<KeyResult>, Status> {
+        let local = async {
+            self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+            keys.iter()
+                .map(|k| {
+                    let v = self.node.read_local(k)?;
+                    Ok(KeyResult {
+                        key: k.clone(),
+                        found: v.is_some(),
+                        value: v.unwrap_or_default(),
+                        error: None,
+                    })
+                })
+                .collect::<Result<Vec<_>, ServerError>>()
+        };
+        match local.await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let req = BatchGetRequest {
+                    header: with_shard(h, shard),
+                    keys,
+                };
+                let resp = self
+                    .forward(ctx, e, req, |mut c, r| async move { c.batch_get(r).await })
+                    .await?;
+                Ok(resp.results)
+            }
+        }
+    }
+
+    async fn batch_put_shard(
+        &self,
+        ctx: &Ctx,
+        shard: u64,
+        h: &Option<RequestHeader>,
+        pairs: Vec<KeyValue>,
+    ) -> Result<Vec<KeyResult>, Status> {
+        let session = session_of(h).map_err(|e| self.status(e))?;
+        let cmd = Command::BatchPut {
+            pairs: pairs.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+        };
+        match self.node.write(shard, cmd, session, ctx.deadline).await {
+            Ok(_) => Ok(pairs
+                .into_iter()
+                .map(|p| KeyResult {
+                    key: p.key,
+                    ..KeyResult::default()
+                })
+                .collect()),
+            Err(e) => {
+                let req = BatchPutRequest {
+                    header: with_shard(h, shard),
+                    pairs,
+                };
+                let resp = self
+                    .forward(ctx, e, req, |mut c, r| async move { c.batch_put(r).await })
+                    .await?;
+                Ok(resp.results)
+            }
+        }
+    }
+
+    /// Up to `limit` pairs of one shard in `[start, end)`; `more` is true
+    /// when the shard may hold further pairs in the range.
+    async fn scan_shard(
+        &self,
+        ctx: &Ctx,
+        shard: u64,
+        h: &Option<RequestHeader>,
+        start: &[u8],
+        end: &[u8],
+        limit: u32,
+    ) -> Result<Vec<KeyValue>, Status> {
+        let local = async {
+            self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+            self.node.scan_local(shard, start, end, limit as usize)
+        };
+        match local.await {
+            Ok(pairs) => Ok(pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect()),
+            Err(e) => {
+                let req = ScanRequest {
+                    header: with_shard(h, shard),
+                    start_key: start.to_vec(),
+                    end_key: end.to_vec(),
+                    limit,
+                    continuation: vec![],
+                };
+                let resp = self
+                    .forward(ctx, e, req, |mut c, r| async move { c.scan(r).await })
+                    .await?;
+                Ok(resp.pairs)
+            }
+        }
+    }
+
+    /// Groups indexes of `keys` by shard, keeping their order.
+    fn group_by_shard<'a>(
+        &self,
+        h: &Option<RequestHeader>,
+        keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<BTreeMap<u64, Vec<usize>>, ServerError> {
+        let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.enumerate() {
+            self.check_key(k)?;
+            groups.entry(self.route(h, k)?).or_default().push(i);
+        }
+        Ok(groups)
+    }
+}
+
+fn failed(key: Vec<u8>, status: &Status) -> KeyResult {
+    KeyResult {
+        key,
+        found: false,
+        value: vec![],
+        error: Some(detail_of(status)),
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        self.check_key(&r.key).map_err(|e| self.status(e))?;
+        let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        match self.get_local(&ctx, shard, &r.header, &r.key).await {
+            Ok(v) => Ok(Response::new(GetResponse {
+                header: self.response_header(shard),
+                found: v.is_some(),
+                value: v.unwrap_or_default(),
+            })),
+            Err(e) => {
+                let req = GetRequest {
+                    header: with_shard(&r.header, shard),
+                    key: r.key,
+                };
+                let mut resp = self
+                    .forward(&ctx, e, req, |mut c, r| async move { c.get(r).await })
+                    .await?;
+                mark_forwarded(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+        }
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        self.check_key(&r.key).map_err(|e| self.status(e))?;
+        self.check_value(&r.value).map_err(|e| self.status(e))?;
+        let session = session_of(&r.header).map_err(|e| self.status(e))?;
+        let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        let cmd = Command::Put {
+            key: r.key.clone(),
+            value: r.value.clone(),
+        };
+        match self.node.write(shard, cmd, session, ctx.deadline).await {
+            Ok(_) => Ok(Response::new(PutResponse {
+                header: self.response_header(shard),
+            })),
+            Err(e) => {
+                let req = PutRequest {
+                    header: with_shard(&r.header, shard),
+                    ..r
+                };
+                let mut resp = self
+                    .forward(&ctx, e, req, |mut c, r| async move { c.put(r).await })
+                    .await?;
+                mark_forwarded(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+        }
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        self.check_key(&r.key).map_err(|e| self.status(e))?;
+        let session = session_of(&r.header).map_err(|e| self.status(e))?;
+        let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        let cmd = Command::Delete { key: r.key.clone() };
+        match self.node.write(shard, cmd, session, ctx.deadline).await {
+            Ok(resp) => Ok(Response::new(DeleteResponse {
+                header: self.response_header(shard),
+                existed: matches!(resp, RaftResponse::Deleted { existed: true }),
+            })),
+            Err(e) => {
+                let req = DeleteRequest {
+                    header: with_shard(&r.header, shard),
+                    key: r.key,
+                };
+                let mut resp = self
+                    .forward(&ctx, e, req, |mut c, r| async move { c.delete(r).await })
+                    .await?;
+                mark_forwarded(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<CompareAndSwapRequest>,
+    ) -> Result<Response<CompareAndSwapResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        let invalid = |m: &str| self.status(ServerError::InvalidArgument(m.to_string()));
+        self.check_key(&r.key).map_err(|e| self.status(e))?;
+        let expected = match &r.expected {
+            Some(Expected::ExpectedValue(v)) => {
+                self.check_value(v).map_err(|e| self.status(e))?;
+                Some(v.clone())
+            }
+            Some(Expected::ExpectAbsent(true)) => None,
+            Some(Expected::ExpectAbsent(false)) => return Err(invalid("expect_absent must be true when set")),
+            None => return Err(invalid("set expected_value or expect_absent")),
+        };
+        let new_value = match &r.action {
+            Some(Action::NewValue(v)) => {
+                self.check_value(v).map_err(|e| self.status(e))?;
+                Some(v.clone())
+            }
+            Some(Action::Delete(true)) => None,
+            Some(Action::Delete(false)) => return Err(invalid("delete must be true when set")),
+            None => return Err(invalid("set new_value or delete")),
+        };
+        let session = session_of(&r.header).map_err(|e| self.status(e))?;
+        let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        let cmd = Command::CompareAndSwap {
+            key: r.key.clone(),
+            expected,
+            new_value,
+        };
+        match self.node.write(shard, cmd, session, ctx.deadline).await {
+            Ok(RaftResponse::Swapped { succeeded, previous }) => Ok(Response::new(CompareAndSwapResponse {
+                header: self.response_header(shard),
+                succeeded,
+                current_found: previous.is_some(),
+                current_value: previous.unwrap_or_default(),
+            })),
+            Ok(other) => Err(self.status(ServerError::Internal(format!(
+                "compare-and-swap applied with unexpected result {other:?}"
+            )))),
+            Err(e) => {
+                let req = CompareAndSwapRequest {
+                    header: with_shard(&r.header, shard),
+                    ..r
+                };
+                let mut resp = self
+                    .forward(&ctx, e, req, |mut c, r| async move { c.compare_and_swap(r).await })
+                    .await?;
+                mark_forwarded(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+        }
+    }
+
+    async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        self.check_batch_len(r.keys.len()).map_err(|e| self.status(e))?;
+        let groups = self
+            .group_by_shard(&r.header, r.keys.iter().map(|k| k.as_slice()))
+            .map_err(|e| self.status(e))?;
+        let parts = futures::future::join_all(groups.iter().map(|(shard, idx)| {
+            let keys = idx.iter().map(|i| r.keys[*i].clone()).collect();
+            self.batch_get_shard(&ctx, *shard, &r.header, keys)
+        }))
+        .await;
+        let mut results: Vec<KeyResult> = r
+            .keys
+            .iter()
+            .map(|k| KeyResult {
+                key: k.clone(),
+                ..KeyResult::default()
+            })
+            .collect();
+        for ((_, idx), part) in groups.iter().zip(parts) {
+            match part {
+                Ok(res) if res.len() == idx.len() => {
+                    for (i, kr) in idx.iter().zip(res) {
+                        results[*i] = kr;
+                    }
+                }
+                Ok(res) => {
+                    let st = Status::internal(format!("shard answered {} of {} keys", res.len(), idx.len()));
+                    idx.iter().for_each(|i| results[*i] = failed(r.keys[*i].clone(), &st));
+                }
+                Err(st) => idx.iter().for_each(|i| results[*i] = failed(r.keys[*i].clone(), &st)),
+            }
+        }
+        Ok(Response::new(BatchGetResponse {
+            header: self.response_header(0),
+            results,
+        }))
+    }
+
+    async fn batch_put(&self, request: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        self.check_batch_len(r.pairs.len()).map_err(|e| self.status(e))?;
+        session_of(&r.header).map_err(|e| self.status(e))?;
+        let mut bytes = 0usize;
+        for p in &r.pairs {
+            self.check_value(&p.value).map_err(|e| self.status(e))?;
+            bytes += p.key.len() + p.value.len();
+        }
+        let max = self.node.cfg.limits.batch_bytes_max;
+        if bytes > max {
+            return Err(self.status(ServerError::limit(
+                "batch_bytes_max",
+                max as u64,
+                bytes as u64,
+                "batch keys and values too large",
+            )));
+        }
+        let groups = self
+            .group_by_shard(&r.header, r.pairs.iter().map(|p| p.key.as_slice()))
+            .map_err(|e| self.status(e))?;
+        let parts = futures::future::join_all(groups.iter().map(|(shard, idx)| {
+            let pairs = idx.iter().map(|i| r.pairs[*i].clone()).collect();
+            self.batch_put_shard(&ctx, *shard, &r.header, pairs)
+        }))
+        .await;
+        let mut results: Vec<KeyResult> = r
+            .pairs
+            .iter()
+            .map(|p| KeyResult {
+                key: p.key.clone(),
+                ..KeyResult::default()
+            })
+            .collect();
+        for ((_, idx), part) in groups.iter().zip(parts) {
+            match part {
+                Ok(res) if res.len() == idx.len() => {
+                    for (i, kr) in idx.iter().zip(res) {
+                        results[*i] = kr;
+                    }
+                }
+                Ok(res) => {
+                    let st = Status::internal(format!("shard answered {} of {} keys", res.len(), idx.len()));
+                    idx.iter()
+                        .for_each(|i| results[*i] = failed(r.pairs[*i].key.clone(), &st));
+                }
+                Err(st) => idx
+                    .iter()
+                    .for_each(|i| results[*i] = failed(r.pairs[*i].key.clone(), &st)),
+            }
+        }
+        Ok(Response::new(BatchPutResponse {
+            header: self.response_header(0),
+            results,
+        }))
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        let ctx = self.ctx(request.metadata())?;
+        let r = request.into_inner();
+        let max = self.node.cfg.limits.scan_limit_max;
+        if r.limit > max {
+            return Err(self.status(ServerError::limit(
+                "scan_limit_max",
+                u64::from(max),
+                u64::from(r.limit),
+                "scan limit too large",
+            )));
+        }
+        let limit = if r.limit == 0 { max } else { r.limit };
+        let key_max = self.node.cfg.limits.key_bytes_max;
+        for (name, k) in [("start_key", &r.start_key), ("end_key", &r.end_key)] {
+            if k.len() > key_max {
+                return Err(self.status(ServerError::limit(
+                    "key_bytes_max",
+                    key_max as u64,
+                    k.len() as u64,
+                    format!("{name} too long"),
+                )));
+            }
+        }
+        let mut start = r.start_key.clone();
+        if !r.continuation.is_empty() {
+            match r.continuation.split_first() {
+                Some((&CONTINUATION_V1, next)) if next.len() <= key_max + 1 => {
+                    if next > start.as_slice() {
+                        start = next.to_vec();
+                    }
+                }
+                _ => return Err(self.status(ServerError::InvalidArgument("malformed scan continuation".into()))),
+            }
+        }
+        if !r.end_key.is_empty() && start >= r.end_key {
+            return Ok(Response::new(ScanResponse {
+                header: self.response_header(0),
+                pairs: vec![],
+                continuation: vec![],
+            }));
+        }
+        let asked = r.header.as_ref().map_or(0, |h| h.shard_id);
+        let shards: Vec<u64> = if asked != 0 {
+            if !self.node.layout.shards.contains_key(&asked) {
+                return Err(self.status(ServerError::WrongShard {
+                    shard_id: asked,
+                    epoch: self.node.epoch(),
+                }));
+            }
+            vec![asked]
+        } else {
+            self.node.layout.shards.keys().copied().collect()
+        };
+        let parts = futures::future::join_all(
+            shards
+                .iter()
+                .map(|s| self.scan_shard(&ctx, *s, &r.header, &start, &r.end_key, limit)),
+        )
+        .await;
+        let mut merged: Vec<KeyValue> = Vec::new();
+        let mut more = false;
+        for part in parts {
+            let pairs = part?;
+            more |= pairs.len() >= limit as usize;
+            merged.extend(pairs);
+        }
+        merged.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        more |= merged.len() > limit as usize;
+        merged.truncate(limit as usize);
+        let continuation = match merged.last() {
+            Some(last) if more => {
+                let mut c = Vec::with_capacity(last.key.len() + 2);
+                c.push(CONTINUATION_V1);
+                c.extend_from_slice(&last.key);
+                c.push(0);
+                c
+            }
+            _ => vec![],
+        };
+        Ok(Response::new(ScanResponse {
+            header: self.response_header(if asked != 0 { asked } else { 0 }),
+            pairs: merged,
+            continuation,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parses() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("999999999999S"), None);
+    }
+
+    #[test]
+    fn sessions_are_validated() {
+        let h = |id: Vec<u8>, seq| {
+            Some(RequestHeader {
+                client_id: id,
+                sequence: seq,
+                ..Default::default()
+            })
+        };
+        assert!(session_of(&None).unwrap().is_none());
+        assert!(session_of(&h(vec![], 0)).unwrap().is_none());
+        assert!(session_of(&h(vec![], 3)).is_err());
+        assert!(session_of(&h(vec![1; 15], 1)).is_err());
+        assert!(session_of(&h(vec![1; 16], 0)).is_err());
+        assert_eq!(session_of(&h(vec![1; 16], 7)).unwrap().unwrap().sequence, 7);
+    }
+}

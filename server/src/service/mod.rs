@@ -1,0 +1,94 @@
+//! The node's one gRPC port: `ringkv.v1.Kv`, `ringkv.v1.Admin`,
+//! `ringkv.v1.RaftTransport`, server reflection (v1 and v1alpha) and
+//! `grpc.health.v1.Health`.
+//!
+//! Owns the tonic server and the health status. Each service lives in its
+//! own module and only translates between gRPC and the node.
+
+pub mod admin;
+pub mod kv;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringkv_proto::v1::admin_server::AdminServer;
+use ringkv_proto::v1::kv_server::KvServer;
+use ringkv_proto::v1::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::node::Node;
+use crate::raft::network::TRANSPORT_GRPC_BYTES_MAX;
+
+/// How often the health status is recomputed.
+const HEALTH_REFRESH_MS: u64 = 500;
+
+/// gRPC service name reported by the health service for the Kv API.
+pub const KV_SERVICE_NAME: &str = "ringkv.v1.Kv";
+
+/// Serves every gRPC service of `node` on `listener` until `shutdown`.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let grpc_max = node.cfg.grpc_message_bytes_max();
+    let kv = KvServer::new(kv::KvService::new(node.clone()))
+        .max_decoding_message_size(grpc_max)
+        .max_encoding_message_size(grpc_max);
+    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let transport = RaftTransportServer::new(transport::TransportService { node: node.clone() })
+        .max_decoding_message_size(TRANSPORT_GRPC_BYTES_MAX)
+        .max_encoding_message_size(TRANSPORT_GRPC_BYTES_MAX);
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringkv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| {
+            tracing::error!(error = %e, "reflection v1");
+            e
+        });
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ringkv_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(node.clone(), reporter));
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)));
+    let mut router = builder
+        .add_service(kv)
+        .add_service(admin)
+        .add_service(transport)
+        .add_service(health);
+    if let Ok(r) = reflection_v1 {
+        router = router.add_service(r);
+    }
+    if let Ok(r) = reflection_v1alpha {
+        router = router.add_service(r);
+    }
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Keeps `ringkv.v1.Kv` SERVING while every hosted shard has a leader.
+async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
+    loop {
+        let all_led = node
+            .shards
+            .values()
+            .all(|s| s.raft.metrics().borrow().current_leader.is_some());
+        let status = if all_led {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status(KV_SERVICE_NAME, status).await;
+        reporter.set_service_status("", status).await;
+        tokio::time::sleep(Duration::from_millis(HEALTH_REFRESH_MS)).await;
+    }
+}

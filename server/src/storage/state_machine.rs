@@ -1,0 +1,630 @@
+//! openraft `RaftStateMachine` of one shard: applies committed commands to
+//! the shard's data, keeps the exactly-once session table, builds and
+//! installs snapshots.
+//!
+//! Every apply call writes data, sessions and the applied state (applied log
+//! id, membership, state-machine clock) in one RocksDB write batch, so a crash
+//! never leaves data and applied index disagreeing. The batch is not synced:
+//! its entries are already durable in the Raft log and are replayed after a
+//! crash, and RocksDB's WAL is ordered, so the next synced write (every log
+//! append is one) makes it durable too.
+//!
+//! This module decides what a command does to the data. It does not route or
+//! validate requests (that is the edge's job) and does no network I/O.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
+use openraft::ErrorSubject;
+use openraft::ErrorVerb;
+use openraft::OptionalSend;
+use openraft::RaftSnapshotBuilder;
+use serde::Deserialize;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::keys;
+use super::snapshot;
+use super::snapshot::RecordTag;
+use super::to_raft_err;
+use super::Cf;
+use super::Db;
+use crate::raft::types::decode;
+use crate::raft::types::encode;
+use crate::raft::types::Command;
+use crate::raft::types::Entry;
+use crate::raft::types::LogId;
+use crate::raft::types::RaftRequest;
+use crate::raft::types::RaftResponse;
+use crate::raft::types::SessionId;
+use crate::raft::types::Snapshot;
+use crate::raft::types::SnapshotMeta;
+use crate::raft::types::StorageError;
+use crate::raft::types::StoredMembership;
+use crate::raft::types::TypeConfig;
+use crate::ring::token_of;
+use crate::ring::ClusterLayout;
+use crate::ring::TokenRange;
+use crate::ring::META_SHARD_ID;
+
+/// Expired sessions are deleted physically every this many applied entries.
+pub const SESSION_GC_INTERVAL_ENTRIES: u64 = 4096;
+/// Most expired sessions deleted by one GC pass (bounds the pass's batch).
+pub const SESSION_GC_BATCH_MAX: usize = 10_000;
+
+/// Applied state persisted in `meta` under `(shard, 'a')`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Largest leader timestamp applied so far (ms since the Unix epoch).
+    clock_ms: u64,
+}
+
+/// One client's entry in the session table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub sequence: u64,
+    /// State-machine clock when the last write of this client applied.
+    pub last_ms: u64,
+    pub response: RaftResponse,
+}
+
+/// Counters shared with the node.
+#[derive(Debug, Default)]
+pub struct SmStats {
+    pub snapshots_built: AtomicU64,
+    pub snapshots_installed: AtomicU64,
+}
+
+/// The state machine of one shard. Clones share nothing mutable except the
+/// database and counters; openraft owns exactly one.
+pub struct ShardStateMachine {
+    shard: u64,
+    db: Arc<Db>,
+    ranges: Vec<TokenRange>,
+    session_ttl_ms: u64,
+    state: AppliedState,
+    stats: Arc<SmStats>,
+    /// Metadata group only: the installed cluster layout.
+    layout_tx: watch::Sender<Option<ClusterLayout>>,
+}
+
+impl ShardStateMachine {
+    /// Opens the state machine of `shard`, resuming from what is on disk.
+    pub fn open(
+        shard: u64,
+        db: Arc<Db>,
+        ranges: Vec<TokenRange>,
+        session_ttl_ms: u64,
+        stats: Arc<SmStats>,
+    ) -> Result<Self, StorageError> {
+        assert!(session_ttl_ms > 0);
+        let state = match db
+            .get(Cf::Meta, &keys::tagged(shard, keys::META_APPLIED))
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+        {
+            None => AppliedState::default(),
+            Some(b) => decode(&b).map_err(|e| {
+                to_raft_err(
+                    ErrorSubject::StateMachine,
+                    ErrorVerb::Read,
+                    format!("decode applied state: {e}"),
+                )
+            })?,
+        };
+        let layout = if shard == META_SHARD_ID {
+            read_layout(&db)?
+        } else {
+            None
+        };
+        let (layout_tx, _) = watch::channel(layout);
+        Ok(Self {
+            shard,
+            db,
+            ranges,
+            session_ttl_ms,
+            state,
+            stats,
+            layout_tx,
+        })
+    }
+
+    /// Watches the cluster layout installed through the metadata group.
+    pub fn subscribe_layout(&self) -> watch::Receiver<Option<ClusterLayout>> {
+        self.layout_tx.subscribe()
+    }
+
+    fn owns(&self, key: &[u8]) -> bool {
+        let t = token_of(key);
+        self.ranges.iter().any(|r| r.contains(t))
+    }
+
+    fn load_session(&self, overlay: &Overlay, client_id: &[u8; 16]) -> Result<Option<SessionRecord>, StorageError> {
+        if let Some(v) = overlay.sessions.get(client_id) {
+            return Ok(Some(v.clone()));
+        }
+        match self
+            .db
+            .get(Cf::Meta, &keys::session_key(self.shard, client_id))
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+        {
+            None => Ok(None),
+            Some(b) => decode(&b).map(Some).map_err(|e| {
+                to_raft_err(
+                    ErrorSubject::StateMachine,
+                    ErrorVerb::Read,
+                    format!("decode session: {e}"),
+                )
+            }),
+        }
+    }
+
+    fn read_value(&self, overlay: &Overlay, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let dk = keys::data_key(token_of(key), key);
+        if let Some(v) = overlay.data.get(&dk) {
+            return Ok(v.clone());
+        }
+        self.db
+            .get(Cf::Data, &dk)
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))
+    }
+
+    fn put(&self, batch: &mut rocksdb::WriteBatch, overlay: &mut Overlay, key: &[u8], value: &[u8]) {
+        let dk = keys::data_key(token_of(key), key);
+        batch.put_cf(self.db.cf(Cf::Data), &dk, value);
+        batch.put_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, key), b"");
+        overlay.data.insert(dk, Some(value.to_vec()));
+    }
+
+    fn delete(&self, batch: &mut rocksdb::WriteBatch, overlay: &mut Overlay, key: &[u8]) {
+        let dk = keys::data_key(token_of(key), key);
+        batch.delete_cf(self.db.cf(Cf::Data), &dk);
+        batch.delete_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, key));
+        overlay.data.insert(dk, None);
+    }
+
+    /// Applies one command; deterministic given the same prior state.
+    fn execute(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        overlay: &mut Overlay,
+        cmd: &Command,
+    ) -> Result<RaftResponse, StorageError> {
+        if self.shard == META_SHARD_ID {
+            return match cmd {
+                Command::InitCluster(layout) => {
+                    if overlay.layout.is_none() && self.layout_tx.borrow().is_none() {
+                        batch.put_cf(
+                            self.db.cf(Cf::Meta),
+                            keys::tagged(META_SHARD_ID, keys::META_LAYOUT),
+                            encode(layout),
+                        );
+                        overlay.layout = Some(layout.clone());
+                    }
+                    Ok(RaftResponse::Done)
+                }
+                _ => Ok(RaftResponse::Rejected {
+                    reason: "data command sent to the metadata group".into(),
+                }),
+            };
+        }
+        let keys_of = |c: &Command| -> Vec<Vec<u8>> {
+            match c {
+                Command::Put { key, .. } | Command::Delete { key } | Command::CompareAndSwap { key, .. } => {
+                    vec![key.clone()]
+                }
+                Command::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
+                Command::InitCluster(_) => vec![],
+            }
+        };
+        if let Some(k) = keys_of(cmd).iter().find(|k| !self.owns(k)) {
+            return Ok(RaftResponse::Rejected {
+                reason: format!("shard {} does not own key {}", self.shard, hex::encode(k)),
+            });
+        }
+        Ok(match cmd {
+            Command::Put { key, value } => {
+                self.put(batch, overlay, key, value);
+                RaftResponse::Done
+            }
+            Command::Delete { key } => {
+                let existed = self.read_value(overlay, key)?.is_some();
+                if existed {
+                    self.delete(batch, overlay, key);
+                }
+                RaftResponse::Deleted { existed }
+            }
+            Command::CompareAndSwap {
+                key,
+                expected,
+                new_value,
+            } => {
+                let current = self.read_value(overlay, key)?;
+                let succeeded = current == *expected;
+                if succeeded {
+                    match new_value {
+                        Some(v) => self.put(batch, overlay, key, v),
+                        None => self.delete(batch, overlay, key),
+                    }
+                }
+                RaftResponse::Swapped {
+                    succeeded,
+                    previous: current,
+                }
+            }
+            Command::BatchPut { pairs } => {
+                for (k, v) in pairs {
+                    self.put(batch, overlay, k, v);
+                }
+                RaftResponse::Done
+            }
+            Command::InitCluster(_) => RaftResponse::Rejected {
+                reason: "cluster layout sent to a data shard".into(),
+            },
+        })
+    }
+
+    /// Applies a request with exactly-once session handling.
+    fn apply_request(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        overlay: &mut Overlay,
+        req: &RaftRequest,
+        clock_ms: u64,
+    ) -> Result<RaftResponse, StorageError> {
+        let Some(SessionId { client_id, sequence }) = req.session else {
+            return self.execute(batch, overlay, &req.command);
+        };
+        if let Some(rec) = self.load_session(overlay, &client_id)? {
+            let live = clock_ms.saturating_sub(rec.last_ms) <= self.session_ttl_ms;
+            if live && sequence == rec.sequence {
+                return Ok(rec.response);
+            }
+            if live && sequence < rec.sequence {
+                return Ok(RaftResponse::StaleSequence {
+                    last_sequence: rec.sequence,
+                });
+            }
+        }
+        let response = self.execute(batch, overlay, &req.command)?;
+        let rec = SessionRecord {
+            sequence,
+            last_ms: clock_ms,
+            response: response.clone(),
+        };
+        batch.put_cf(
+            self.db.cf(Cf::Meta),
+            keys::session_key(self.shard, &client_id),
+            encode(&rec),
+        );
+        overlay.sessions.insert(client_id, rec);
+        Ok(response)
+    }
+
+    /// Deletes sessions idle for longer than the TTL.
+    fn gc_sessions(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        overlay: &Overlay,
+        clock_ms: u64,
+    ) -> Result<(), StorageError> {
+        let prefix = keys::tagged(self.shard, keys::META_SESSION);
+        let it = self.db.raw().prefix_iterator_cf(self.db.cf(Cf::Meta), prefix);
+        let mut deleted = 0usize;
+        for item in it {
+            let (k, v) = item.map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            if !k.starts_with(&prefix) || deleted >= SESSION_GC_BATCH_MAX {
+                break;
+            }
+            let Ok(rec) = decode::<SessionRecord>(&v) else { continue };
+            let id: Option<[u8; 16]> = k.get(9..).and_then(|s| s.try_into().ok());
+            if id.is_some_and(|id| overlay.sessions.contains_key(&id)) {
+                continue;
+            }
+            if clock_ms.saturating_sub(rec.last_ms) > self.session_ttl_ms {
+                batch.delete_cf(self.db.cf(Cf::Meta), &k);
+                deleted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the snapshot bytes of the current state.
+    fn snapshot_bytes(&self) -> Result<Vec<u8>, StorageError> {
+        let err = |e: rocksdb::Error| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        let snap = self.db.raw().snapshot();
+        let mut w = snapshot::SnapshotWriter::new();
+        w.record(RecordTag::Clock, b"", &self.state.clock_ms.to_be_bytes());
+        for r in &self.ranges {
+            let mut opts = rocksdb::ReadOptions::default();
+            opts.set_snapshot(&snap);
+            if let Some(end) = r.end {
+                opts.set_iterate_upper_bound(end.to_be_bytes().to_vec());
+            }
+            let from = r.start.to_be_bytes();
+            let it = self.db.raw().iterator_cf_opt(
+                self.db.cf(Cf::Data),
+                opts,
+                rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item.map_err(err)?;
+                let (_, key) = keys::split_data_key(&k)
+                    .ok_or_else(|| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, "malformed data key"))?;
+                w.record(RecordTag::Data, key, &v);
+            }
+        }
+        let prefix = keys::tagged(self.shard, keys::META_SESSION);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_snapshot(&snap);
+        let it = self.db.raw().iterator_cf_opt(
+            self.db.cf(Cf::Meta),
+            opts,
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(err)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            w.record(RecordTag::Session, &k[prefix.len()..], &v);
+        }
+        if self.shard == META_SHARD_ID {
+            if let Some(l) = self.layout_tx.borrow().as_ref() {
+                w.record(RecordTag::Layout, b"", &encode(l));
+            }
+        }
+        Ok(w.finish())
+    }
+
+    fn save_applied(&self, batch: &mut rocksdb::WriteBatch) {
+        batch.put_cf(
+            self.db.cf(Cf::Meta),
+            keys::tagged(self.shard, keys::META_APPLIED),
+            encode(&self.state),
+        );
+    }
+
+    fn read_current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let raw = self
+            .db
+            .get(Cf::Meta, &keys::tagged(self.shard, keys::META_SNAPSHOT))
+            .map_err(|e| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        match raw {
+            None => Ok(None),
+            Some(b) => decode(&b).map(Some).map_err(|e| {
+                to_raft_err(
+                    ErrorSubject::Snapshot(None),
+                    ErrorVerb::Read,
+                    format!("decode stored snapshot: {e}"),
+                )
+            }),
+        }
+    }
+}
+
+/// Values written earlier in the same apply batch (a `WriteBatch` cannot be
+/// read back).
+#[derive(Default)]
+struct Overlay {
+    data: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    sessions: HashMap<[u8; 16], SessionRecord>,
+    layout: Option<ClusterLayout>,
+}
+
+fn read_layout(db: &Db) -> Result<Option<ClusterLayout>, StorageError> {
+    match db
+        .get(Cf::Meta, &keys::tagged(META_SHARD_ID, keys::META_LAYOUT))
+        .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+    {
+        None => Ok(None),
+        Some(b) => decode(&b).map(Some).map_err(|e| {
+            to_raft_err(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Read,
+                format!("decode layout: {e}"),
+            )
+        }),
+    }
+}
+
+/// Builds a snapshot from bytes captured when openraft asked for a builder.
+pub struct ShardSnapshotBuilder {
+    shard: u64,
+    db: Arc<Db>,
+    meta: SnapshotMeta,
+    bytes: Result<Vec<u8>, StorageError>,
+    stats: Arc<SmStats>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let bytes = std::mem::replace(&mut self.bytes, Ok(Vec::new()))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(Cf::Meta),
+            keys::tagged(self.shard, keys::META_SNAPSHOT),
+            encode(&(&self.meta, &bytes)),
+        );
+        self.db
+            .write_unsynced(batch)
+            .map_err(|e| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotBuilder = ShardSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.state.last_applied, self.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<RaftResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut responses = Vec::new();
+        let mut gc_due = false;
+        for entry in entries {
+            debug_assert!(self.state.last_applied.is_none_or(|a| a.index < entry.log_id.index));
+            let before = self.state.last_applied.map_or(0, |l| l.index);
+            self.state.last_applied = Some(entry.log_id);
+            gc_due |= before / SESSION_GC_INTERVAL_ENTRIES != entry.log_id.index / SESSION_GC_INTERVAL_ENTRIES;
+            let resp = match &entry.payload {
+                EntryPayload::Blank => RaftResponse::Done,
+                EntryPayload::Membership(m) => {
+                    self.state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    RaftResponse::Done
+                }
+                EntryPayload::Normal(req) => {
+                    self.state.clock_ms = self.state.clock_ms.max(req.timestamp_ms);
+                    self.apply_request(&mut batch, &mut overlay, req, self.state.clock_ms)?
+                }
+            };
+            responses.push(resp);
+        }
+        if gc_due {
+            self.gc_sessions(&mut batch, &overlay, self.state.clock_ms)?;
+        }
+        self.save_applied(&mut batch);
+        self.db
+            .write_unsynced(batch)
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if let Some(l) = overlay.layout {
+            self.layout_tx.send_replace(Some(l));
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Captured here, on the state machine's task, so the bytes match
+        // `last_applied` exactly even though building continues elsewhere.
+        // A read error is handed to `build_snapshot`, which reports it.
+        let bytes = self.snapshot_bytes();
+        let last = self.state.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.state.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                self.shard,
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index)
+            ),
+        };
+        ShardSnapshotBuilder {
+            shard: self.shard,
+            db: self.db.clone(),
+            meta,
+            bytes,
+            stats: self.stats.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let sub = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let records = snapshot::parse(&bytes).map_err(|e| to_raft_err(sub(), ErrorVerb::Read, e))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        let data = self.db.cf(Cf::Data);
+        for r in &self.ranges {
+            let from = r.start.to_be_bytes().to_vec();
+            match r.end {
+                Some(end) => batch.delete_range_cf(data, from, end.to_be_bytes().to_vec()),
+                None => {
+                    // delete_range needs an exclusive end: cover every key
+                    // starting with token u64::MAX explicitly.
+                    batch.delete_range_cf(data, from, u64::MAX.to_be_bytes().to_vec());
+                    let it = self.db.raw().prefix_iterator_cf(data, u64::MAX.to_be_bytes());
+                    for item in it {
+                        let (k, _) = item.map_err(|e| to_raft_err(sub(), ErrorVerb::Read, e))?;
+                        if !k.starts_with(&u64::MAX.to_be_bytes()) {
+                            break;
+                        }
+                        batch.delete_cf(data, &k);
+                    }
+                }
+            }
+        }
+        let index_from = keys::shard_prefix(self.shard).to_vec();
+        let index_to = keys::shard_prefix(self.shard + 1).to_vec();
+        batch.delete_range_cf(self.db.cf(Cf::KeyIndex), index_from, index_to);
+        let sess = keys::tagged(self.shard, keys::META_SESSION);
+        let sess_end = keys::tagged(self.shard, keys::META_SESSION + 1);
+        batch.delete_range_cf(self.db.cf(Cf::Meta), sess.to_vec(), sess_end.to_vec());
+        let mut clock_ms = 0;
+        let mut layout = None;
+        let mut overlay = Overlay::default();
+        for (tag, k, v) in records {
+            match tag {
+                RecordTag::Data => self.put(&mut batch, &mut overlay, k, v),
+                RecordTag::Session => {
+                    let id: [u8; 16] = k
+                        .try_into()
+                        .map_err(|_| to_raft_err(sub(), ErrorVerb::Read, "session record with a bad client id"))?;
+                    batch.put_cf(self.db.cf(Cf::Meta), keys::session_key(self.shard, &id), v);
+                }
+                RecordTag::Clock => {
+                    let b: [u8; 8] = v
+                        .try_into()
+                        .map_err(|_| to_raft_err(sub(), ErrorVerb::Read, "bad clock record"))?;
+                    clock_ms = u64::from_be_bytes(b);
+                }
+                RecordTag::Layout => {
+                    let l: ClusterLayout =
+                        decode(v).map_err(|e| to_raft_err(sub(), ErrorVerb::Read, format!("decode layout: {e}")))?;
+                    batch.put_cf(self.db.cf(Cf::Meta), keys::tagged(META_SHARD_ID, keys::META_LAYOUT), v);
+                    layout = Some(l);
+                }
+            }
+        }
+        self.state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            clock_ms,
+        };
+        self.save_applied(&mut batch);
+        batch.put_cf(
+            self.db.cf(Cf::Meta),
+            keys::tagged(self.shard, keys::META_SNAPSHOT),
+            encode(&(meta, &bytes)),
+        );
+        self.db
+            .write_unsynced(batch)
+            .map_err(|e| to_raft_err(sub(), ErrorVerb::Write, e))?;
+        if layout.is_some() {
+            self.layout_tx.send_replace(layout);
+        }
+        self.stats.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.read_current_snapshot()?.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}

@@ -1,0 +1,354 @@
+//! Test harness: real multi-process `ringkv-server` clusters on loopback.
+//!
+//! Every node is a child process with its own data dir under one temp dir
+//! and a log file there; the tails of the logs are printed when a test
+//! fails. Raft timeouts are generous so tests hold on a starved 2-core
+//! machine; every wait has a deadline and polls a condition.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::*;
+use tonic::transport::Channel;
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ringkv-server");
+/// How long a cluster may take to elect every leader.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Per-RPC timeout used by the harness.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deterministic seed for a test: `RINGKV_TEST_SEED` or a fixed default.
+pub fn seed(default: u64) -> u64 {
+    let s = std::env::var("RINGKV_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    eprintln!("test seed: {s} (set RINGKV_TEST_SEED={s} to reproduce)");
+    s
+}
+
+/// Options of a test cluster.
+#[derive(Clone)]
+pub struct Opts {
+    pub nodes: u64,
+    pub shards: u32,
+    pub extra_args: Vec<String>,
+    /// Environment per node id.
+    pub env: BTreeMap<u64, Vec<(String, String)>>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            shards: 4,
+            extra_args: vec![],
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub opts: Opts,
+    pub nodes: BTreeMap<u64, NodeProc>,
+    pub initial_cluster: String,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+impl Cluster {
+    /// Starts the nodes and waits until every shard has a leader.
+    pub async fn start(opts: Opts) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=opts.nodes {
+            let addr = format!("127.0.0.1:{}", free_port());
+            nodes.insert(
+                id,
+                NodeProc {
+                    id,
+                    addr,
+                    data_dir: dir.path().join(format!("node{id}")),
+                    log: dir.path().join(format!("node{id}.log")),
+                    child: None,
+                },
+            );
+        }
+        let initial_cluster = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            opts,
+            nodes,
+            initial_cluster,
+        };
+        let ids: Vec<u64> = c.nodes.keys().copied().collect();
+        for id in ids {
+            c.spawn(id);
+        }
+        c.wait_ready().await;
+        c
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let initial = self.initial_cluster.clone();
+        let opts = self.opts.clone();
+        let n = self.nodes.get_mut(&id).expect("known node");
+        assert!(n.child.is_none(), "node {id} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .expect("open node log");
+        let mut cmd = Command::new(SERVER_BIN);
+        cmd.args([
+            "--node-id",
+            &id.to_string(),
+            "--listen",
+            &n.addr,
+            "--data-dir",
+            n.data_dir.to_str().expect("utf8 path"),
+            "--initial-cluster",
+            &initial,
+            "--shards",
+            &opts.shards.to_string(),
+            // Tolerant of a starved CPU: two cores run three nodes and the test.
+            "--heartbeat-interval-ms",
+            "200",
+            "--election-timeout-ms-min",
+            "1500",
+            "--election-timeout-ms-max",
+            "3000",
+        ])
+        .args(&opts.extra_args)
+        .env("RUST_LOG", "info,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log);
+        for (k, v) in opts.env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
+        n.child = Some(cmd.spawn().expect("spawn ringkv-server"));
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self, id: u64) {
+        let n = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn addr(&self, id: u64) -> &str {
+        &self.nodes[&id].addr
+    }
+
+    pub async fn channel(&self, id: u64) -> Option<Channel> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(RPC_TIMEOUT);
+        ep.connect().await.ok()
+    }
+
+    pub async fn kv(&self, id: u64) -> Option<KvClient<Channel>> {
+        self.channel(id).await.map(KvClient::new)
+    }
+
+    pub async fn admin(&self, id: u64) -> Option<AdminClient<Channel>> {
+        self.channel(id).await.map(AdminClient::new)
+    }
+
+    pub async fn status(&self, id: u64) -> Option<ClusterStatusResponse> {
+        let mut a = self.admin(id).await?;
+        a.cluster_status(ClusterStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until every running node sees a leader, among the running
+    /// nodes, for every shard it hosts.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let running = self.running();
+        loop {
+            let mut ok = true;
+            for id in &running {
+                match self.status(*id).await {
+                    Some(st) => {
+                        let all = st.shards.iter().chain(st.metadata.iter());
+                        for s in all.filter(|s| s.hosted_here) {
+                            if !running.contains(&s.leader_id) {
+                                ok = false;
+                            }
+                        }
+                    }
+                    None => ok = false,
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cluster not ready within {READY_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Leader of `shard` as seen by any running node.
+    pub async fn leader_of(&self, shard: u64) -> Option<u64> {
+        for id in self.running() {
+            if let Some(st) = self.status(id).await {
+                if let Some(s) = st.shards.iter().find(|s| s.id == shard) {
+                    if s.leader_id != 0 {
+                        return Some(s.leader_id);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Puts through any running node, retrying until `deadline`.
+    pub async fn put_retry(&self, key: &[u8], value: &[u8], deadline: Instant) -> Result<(), String> {
+        let mut last = String::new();
+        let mut i = 0usize;
+        while Instant::now() < deadline {
+            let nodes = self.running();
+            let id = nodes[i % nodes.len()];
+            i += 1;
+            if let Some(mut kv) = self.kv(id).await {
+                let req = PutRequest {
+                    header: None,
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                };
+                match kv.put(req).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) => last = format!("node {id}: {:?} {}", s.code(), s.message()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    /// Linearizable get through any running node, retrying until `deadline`.
+    pub async fn get_retry(&self, key: &[u8], deadline: Instant) -> Result<Option<Vec<u8>>, String> {
+        let mut last = String::new();
+        let mut i = 0usize;
+        while Instant::now() < deadline {
+            let nodes = self.running();
+            let id = nodes[i % nodes.len()];
+            i += 1;
+            if let Some(mut kv) = self.kv(id).await {
+                match kv
+                    .get(GetRequest {
+                        header: None,
+                        key: key.to_vec(),
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        return Ok(r.found.then_some(r.value));
+                    }
+                    Err(s) => last = format!("node {id}: {:?} {}", s.code(), s.message()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    pub async fn node_stats(&self, id: u64) -> Option<NodeStatsResponse> {
+        let mut a = self.admin(id).await?;
+        a.node_stats(NodeStatsRequest {}).await.ok().map(|r| r.into_inner())
+    }
+
+    fn dump_logs(&self) {
+        for n in self.nodes.values() {
+            let text = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            eprintln!("----- node {} log (last {} lines) -----", n.id, lines.len() - from);
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.kill(id);
+        }
+    }
+}
+
+/// A key that the cluster's ring places in `shard` (of `shards` equal
+/// ranges), found by probing `prefix-N` names.
+pub fn key_in_shard(prefix: &str, shard: u64, shards: u32) -> Vec<u8> {
+    let step = u64::MAX / u64::from(shards) + 1;
+    for i in 0..1_000_000u64 {
+        let k = format!("{prefix}-{i}").into_bytes();
+        let t = ringkv_server::ring::token_of(&k);
+        if t / step + 1 == shard {
+            return k;
+        }
+    }
+    panic!("no key found for shard {shard}");
+}
+
+/// The `ringkv.v1.ErrorDetail` of a failed call. NOTE: `status.details()`
+/// is a `google.rpc.Status` wrapping the detail (so grpcurl reads the code
+/// correctly); never decode it as `ErrorDetail` directly.
+pub fn error_detail(status: &tonic::Status) -> ErrorDetail {
+    ringkv_proto::decode_error_detail(status.details())
+        .unwrap_or_else(|| panic!("status without ringkv ErrorDetail: {status:?}"))
+}
