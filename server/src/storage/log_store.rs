@@ -166,12 +166,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let op = WriteOp::Put(
-            Cf::RaftState,
-            keys::tagged(self.shard, keys::STATE_COMMITTED).to_vec(),
+        // Not synced: openraft tolerates a committed index that lags after a
+        // crash (it is re-learned from the leader), and the next synced
+        // append makes this write durable anyway, since the WAL is ordered.
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(Cf::RaftState),
+            keys::tagged(self.shard, keys::STATE_COMMITTED),
             encode(&committed),
         );
-        self.write(vec![op], ErrorSubject::Store).await
+        self.db
+            .write_unsynced(batch)
+            .map_err(|e| to_raft_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
