@@ -168,7 +168,14 @@ impl Node {
         let mut meta_layout = None;
         for info in groups {
             let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
-            let log = LogStore::new(info.id, db.clone(), gc.clone());
+            let mut log = LogStore::new(info.id, db.clone(), gc.clone());
+            // A group with a vote or any log entry was initialized before.
+            let uninitialized = {
+                use openraft::storage::RaftLogStorage;
+                let state = log.get_log_state().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+                let vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+                state.last_log_id.is_none() && vote.is_none()
+            };
             let sm = ShardStateMachine::open(
                 info.id,
                 db.clone(),
@@ -187,14 +194,6 @@ impl Node {
             let raft = Raft::new(id, config, net, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
-            let uninitialized = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .next()
-                .is_none();
             if uninitialized {
                 let members: BTreeMap<u64, BasicNode> = info
                     .replicas
@@ -417,13 +416,7 @@ impl Node {
 
     /// Up to `limit` pairs of `shard_id` with `start <= key < end` (`end`
     /// empty = unbounded), in key order, from the local replica.
-    pub fn scan_local(
-        &self,
-        shard_id: u64,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<KvPairs, ServerError> {
+    pub fn scan_local(&self, shard_id: u64, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, ServerError> {
         let from = keys::index_key(shard_id, start);
         let upper = if end.is_empty() {
             keys::shard_prefix(shard_id + 1).to_vec()
