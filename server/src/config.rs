@@ -129,9 +129,9 @@ impl Default for Config {
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 150,
-            election_timeout_ms_min: 800,
-            election_timeout_ms_max: 1600,
+            heartbeat_interval_ms: 100,
+            election_timeout_ms_min: 600,
+            election_timeout_ms_max: 1200,
             snapshot_logs_since_last: 10_000,
             snapshot_logs_to_keep: 1_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
