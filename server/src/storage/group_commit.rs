@@ -45,8 +45,28 @@ pub struct GroupCommitStats {
 /// Handle to the node's writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit {
-    tx: mpsc::Sender<Job>,
+    inner: Arc<Writer>,
     pub stats: Arc<GroupCommitStats>,
+}
+
+/// The writer thread and its queue. Dropping the last handle closes the
+/// queue and joins the thread, so the database it holds is closed before
+/// the owner goes on (RocksDB aborts if a thread still uses it while the
+/// process exits).
+struct Writer {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("group commit thread panicked");
+            }
+        }
+    }
 }
 
 impl GroupCommit {
@@ -56,21 +76,23 @@ impl GroupCommit {
         let (tx, rx) = mpsc::channel(GROUP_COMMIT_QUEUE_MAX);
         let stats = Arc::new(GroupCommitStats::default());
         let st = stats.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ringkv-group-commit".into())
             .spawn(move || writer_loop(db, rx, requests_max, st))
             .map_err(|e| StorageError::Rocks(format!("spawn group commit thread: {e}")))?;
-        Ok(Self { tx, stats })
+        let inner = Arc::new(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        });
+        Ok(Self { inner, stats })
     }
 
     /// Writes `ops` atomically and durably; returns after the WAL sync that
     /// covers them.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Job { ops, done })
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let tx = self.inner.tx.as_ref().ok_or(StorageError::Closed)?;
+        tx.send(Job { ops, done }).await.map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 }
