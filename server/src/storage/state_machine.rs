@@ -105,19 +105,7 @@ impl ShardStateMachine {
         stats: Arc<SmStats>,
     ) -> Result<Self, StorageError> {
         assert!(session_ttl_ms > 0);
-        let state = match db
-            .get(Cf::Meta, &keys::tagged(shard, keys::META_APPLIED))
-            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-        {
-            None => AppliedState::default(),
-            Some(b) => decode(&b).map_err(|e| {
-                to_raft_err(
-                    ErrorSubject::StateMachine,
-                    ErrorVerb::Read,
-                    format!("decode applied state: {e}"),
-                )
-            })?,
-        };
+        let state = read_meta(&db, &keys::tagged(shard, keys::META_APPLIED), "applied state")?.unwrap_or_default();
         let layout = if shard == META_SHARD_ID {
             read_layout(&db)?
         } else {
@@ -149,20 +137,7 @@ impl ShardStateMachine {
         if let Some(v) = overlay.sessions.get(client_id) {
             return Ok(Some(v.clone()));
         }
-        match self
-            .db
-            .get(Cf::Meta, &keys::session_key(self.shard, client_id))
-            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-        {
-            None => Ok(None),
-            Some(b) => decode(&b).map(Some).map_err(|e| {
-                to_raft_err(
-                    ErrorSubject::StateMachine,
-                    ErrorVerb::Read,
-                    format!("decode session: {e}"),
-                )
-            }),
-        }
+        read_meta(&self.db, &keys::session_key(self.shard, client_id), "session")
     }
 
     fn read_value(&self, overlay: &Overlay, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -392,20 +367,11 @@ impl ShardStateMachine {
     }
 
     fn read_current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let raw = self
-            .db
-            .get(Cf::Meta, &keys::tagged(self.shard, keys::META_SNAPSHOT))
-            .map_err(|e| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        match raw {
-            None => Ok(None),
-            Some(b) => decode(&b).map(Some).map_err(|e| {
-                to_raft_err(
-                    ErrorSubject::Snapshot(None),
-                    ErrorVerb::Read,
-                    format!("decode stored snapshot: {e}"),
-                )
-            }),
-        }
+        read_meta(
+            &self.db,
+            &keys::tagged(self.shard, keys::META_SNAPSHOT),
+            "stored snapshot",
+        )
     }
 }
 
@@ -418,20 +384,22 @@ struct Overlay {
     layout: Option<ClusterLayout>,
 }
 
+/// Reads and decodes one `meta` record; `what` names it in errors.
+fn read_meta<T: for<'de> Deserialize<'de>>(db: &Db, key: &[u8], what: &str) -> Result<Option<T>, StorageError> {
+    let raw = db
+        .get(Cf::Meta, key)
+        .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+    raw.map(|b| decode(&b)).transpose().map_err(|e| {
+        to_raft_err(
+            ErrorSubject::StateMachine,
+            ErrorVerb::Read,
+            format!("decode {what}: {e}"),
+        )
+    })
+}
+
 fn read_layout(db: &Db) -> Result<Option<ClusterLayout>, StorageError> {
-    match db
-        .get(Cf::Meta, &keys::tagged(META_SHARD_ID, keys::META_LAYOUT))
-        .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-    {
-        None => Ok(None),
-        Some(b) => decode(&b).map(Some).map_err(|e| {
-            to_raft_err(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Read,
-                format!("decode layout: {e}"),
-            )
-        }),
-    }
+    read_meta(db, &keys::tagged(META_SHARD_ID, keys::META_LAYOUT), "layout")
 }
 
 /// Builds a snapshot from bytes captured when openraft asked for a builder.
@@ -626,5 +594,236 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+    use crate::config::StorageConfig;
+
+    const TTL_MS: u64 = 1_000;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        db: Arc<Db>,
+        sm: ShardStateMachine,
+        index: u64,
+    }
+
+    fn whole_ring() -> Vec<TokenRange> {
+        vec![TokenRange { start: 0, end: None }]
+    }
+
+    fn fixture(ranges: Vec<TokenRange>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageConfig::default()).unwrap();
+        let sm = ShardStateMachine::open(1, db.clone(), ranges, TTL_MS, Arc::new(SmStats::default())).unwrap();
+        Fixture {
+            _dir: dir,
+            db,
+            sm,
+            index: 0,
+        }
+    }
+
+    fn req(command: Command, session: Option<(u8, u64)>, timestamp_ms: u64) -> RaftRequest {
+        RaftRequest {
+            command,
+            session: session.map(|(id, sequence)| SessionId {
+                client_id: [id; 16],
+                sequence,
+            }),
+            timestamp_ms,
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn cas(k: &str, expected: Option<&str>, new: Option<&str>) -> Command {
+        Command::CompareAndSwap {
+            key: k.into(),
+            expected: expected.map(Into::into),
+            new_value: new.map(Into::into),
+        }
+    }
+
+    impl Fixture {
+        async fn apply(&mut self, reqs: Vec<RaftRequest>) -> Vec<RaftResponse> {
+            let entries: Vec<Entry> = reqs
+                .into_iter()
+                .map(|r| {
+                    self.index += 1;
+                    Entry {
+                        log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
+                        payload: EntryPayload::Normal(r),
+                    }
+                })
+                .collect();
+            self.sm.apply(entries).await.unwrap()
+        }
+
+        fn value(&self, k: &str) -> Option<Vec<u8>> {
+            self.db
+                .get(Cf::Data, &keys::data_key(token_of(k.as_bytes()), k.as_bytes()))
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_apply_and_reads_see_earlier_entries_of_the_same_batch() {
+        let mut f = fixture(whole_ring());
+        let out = f
+            .apply(vec![
+                req(put("a", "1"), None, 10),
+                req(cas("a", Some("1"), Some("2")), None, 10),
+                req(Command::Delete { key: "b".into() }, None, 10),
+                req(cas("b", None, Some("x")), None, 10),
+                req(cas("b", Some("x"), None), None, 10),
+            ])
+            .await;
+        assert_eq!(out[0], RaftResponse::Done);
+        assert_eq!(
+            out[1],
+            RaftResponse::Swapped {
+                succeeded: true,
+                previous: Some(b"1".to_vec())
+            }
+        );
+        assert_eq!(out[2], RaftResponse::Deleted { existed: false });
+        assert_eq!(
+            out[3],
+            RaftResponse::Swapped {
+                succeeded: true,
+                previous: None
+            }
+        );
+        assert_eq!(
+            out[4],
+            RaftResponse::Swapped {
+                succeeded: true,
+                previous: Some(b"x".to_vec())
+            }
+        );
+        assert_eq!(f.value("a"), Some(b"2".to_vec()));
+        assert_eq!(f.value("b"), None);
+        // Applied state survives a reopen.
+        let again =
+            ShardStateMachine::open(1, f.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        assert_eq!(again.state.last_applied.map(|l| l.index), Some(5));
+        assert_eq!(again.state.clock_ms, 10);
+    }
+
+    #[tokio::test]
+    async fn sessions_answer_retries_refuse_old_sequences_and_expire() {
+        let mut f = fixture(whole_ring());
+        let first = f.apply(vec![req(cas("k", None, Some("v")), Some((7, 1)), 100)]).await;
+        assert_eq!(
+            first[0],
+            RaftResponse::Swapped {
+                succeeded: true,
+                previous: None
+            }
+        );
+        // The retry is answered from the table: a second apply would fail.
+        let retry = f.apply(vec![req(cas("k", None, Some("v")), Some((7, 1)), 200)]).await;
+        assert_eq!(retry, first);
+        let next = f.apply(vec![req(put("k", "w"), Some((7, 2)), 300)]).await;
+        assert_eq!(next[0], RaftResponse::Done);
+        let old = f.apply(vec![req(put("k", "old"), Some((7, 1)), 300)]).await;
+        assert_eq!(old[0], RaftResponse::StaleSequence { last_sequence: 2 });
+        assert_eq!(f.value("k"), Some(b"w".to_vec()));
+        // Another client is independent.
+        let other = f.apply(vec![req(cas("k", None, Some("z")), Some((8, 1)), 300)]).await;
+        assert_eq!(
+            other[0],
+            RaftResponse::Swapped {
+                succeeded: false,
+                previous: Some(b"w".to_vec())
+            }
+        );
+        // After the TTL (by log timestamps) client 7 is forgotten: sequence 1
+        // is applied as new.
+        let late = f
+            .apply(vec![req(put("k", "late"), Some((7, 1)), 300 + TTL_MS + 1)])
+            .await;
+        assert_eq!(late[0], RaftResponse::Done);
+        assert_eq!(f.value("k"), Some(b"late".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn keys_outside_the_shard_are_rejected_everywhere_alike() {
+        let token = token_of(b"k");
+        let mut f = fixture(vec![TokenRange {
+            start: token.wrapping_add(1),
+            end: None,
+        }]);
+        let out = f.apply(vec![req(put("k", "v"), None, 1)]).await;
+        assert!(matches!(out[0], RaftResponse::Rejected { .. }), "{out:?}");
+        assert_eq!(f.value("k"), None);
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trips_and_corruption_is_refused() {
+        let mut a = fixture(whole_ring());
+        a.apply(vec![
+            req(put("x", "1"), Some((1, 5)), 50),
+            req(put("y", "2"), None, 60),
+            req(
+                Command::BatchPut {
+                    pairs: vec![(b"z".to_vec(), b"3".to_vec()), (vec![0xff; 40], b"4".to_vec())],
+                },
+                None,
+                70,
+            ),
+        ])
+        .await;
+        let snap = a.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let bytes = snap.snapshot.into_inner();
+        assert_eq!(a.sm.stats.snapshots_built.load(Ordering::Relaxed), 1);
+        let stored = a.sm.get_current_snapshot().await.unwrap().expect("stored snapshot");
+        assert_eq!(stored.meta, snap.meta);
+
+        let mut b = fixture(whole_ring());
+        b.apply(vec![req(put("stale", "gone"), None, 1)]).await;
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        assert!(b
+            .sm
+            .install_snapshot(&snap.meta, Box::new(Cursor::new(bad)))
+            .await
+            .is_err());
+        assert_eq!(
+            b.value("stale"),
+            Some(b"gone".to_vec()),
+            "a refused snapshot changes nothing"
+        );
+
+        b.sm.install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
+            .await
+            .unwrap();
+        assert_eq!(b.value("stale"), None);
+        assert_eq!(b.value("x"), Some(b"1".to_vec()));
+        assert_eq!(b.value("z"), Some(b"3".to_vec()));
+        let (applied, _) = b.sm.applied_state().await.unwrap();
+        assert_eq!(applied, snap.meta.last_log_id);
+        assert_eq!(b.sm.state.clock_ms, 70);
+        // The session table travelled too: a retry is answered, not applied.
+        b.index = applied.map_or(0, |l| l.index);
+        let retry = b.apply(vec![req(put("x", "again"), Some((1, 5)), 80)]).await;
+        assert_eq!(retry[0], RaftResponse::Done);
+        assert_eq!(b.value("x"), Some(b"1".to_vec()));
+        // The key index was rebuilt for Scan.
+        let idx = b.db.get(Cf::KeyIndex, &keys::index_key(1, b"y")).unwrap();
+        assert!(idx.is_some());
+        assert!(b.db.get(Cf::KeyIndex, &keys::index_key(1, b"stale")).unwrap().is_none());
     }
 }
