@@ -412,6 +412,39 @@ fn failed(key: Vec<u8>, status: &Status) -> KeyResult {
     }
 }
 
+/// Puts each shard's per-key answers back in request order; a failed or
+/// short shard answer becomes an error on each of that shard's keys.
+fn merge_by_shard<'a>(
+    keys: impl Iterator<Item = &'a [u8]>,
+    groups: &BTreeMap<u64, Vec<usize>>,
+    parts: Vec<Result<Vec<KeyResult>, Status>>,
+) -> Vec<KeyResult> {
+    let mut results: Vec<KeyResult> = keys
+        .map(|k| KeyResult {
+            key: k.to_vec(),
+            ..KeyResult::default()
+        })
+        .collect();
+    for ((_, idx), part) in groups.iter().zip(parts) {
+        let part = match part {
+            Ok(res) if res.len() == idx.len() => Ok(res),
+            Ok(res) => Err(Status::internal(format!(
+                "shard answered {} of {} keys",
+                res.len(),
+                idx.len()
+            ))),
+            Err(st) => Err(st),
+        };
+        match part {
+            Ok(res) => idx.iter().zip(res).for_each(|(i, kr)| results[*i] = kr),
+            Err(st) => idx
+                .iter()
+                .for_each(|i| results[*i] = failed(results[*i].key.clone(), &st)),
+        }
+    }
+    results
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -563,28 +596,7 @@ impl Kv for KvService {
             self.batch_get_shard(&ctx, *shard, &r.header, keys)
         }))
         .await;
-        let mut results: Vec<KeyResult> = r
-            .keys
-            .iter()
-            .map(|k| KeyResult {
-                key: k.clone(),
-                ..KeyResult::default()
-            })
-            .collect();
-        for ((_, idx), part) in groups.iter().zip(parts) {
-            match part {
-                Ok(res) if res.len() == idx.len() => {
-                    for (i, kr) in idx.iter().zip(res) {
-                        results[*i] = kr;
-                    }
-                }
-                Ok(res) => {
-                    let st = Status::internal(format!("shard answered {} of {} keys", res.len(), idx.len()));
-                    idx.iter().for_each(|i| results[*i] = failed(r.keys[*i].clone(), &st));
-                }
-                Err(st) => idx.iter().for_each(|i| results[*i] = failed(r.keys[*i].clone(), &st)),
-            }
-        }
+        let results = merge_by_shard(r.keys.iter().map(|k| k.as_slice()), &groups, parts);
         Ok(Response::new(BatchGetResponse {
             header: self.response_header(0),
             results,
@@ -618,31 +630,7 @@ impl Kv for KvService {
             self.batch_put_shard(&ctx, *shard, &r.header, pairs)
         }))
         .await;
-        let mut results: Vec<KeyResult> = r
-            .pairs
-            .iter()
-            .map(|p| KeyResult {
-                key: p.key.clone(),
-                ..KeyResult::default()
-            })
-            .collect();
-        for ((_, idx), part) in groups.iter().zip(parts) {
-            match part {
-                Ok(res) if res.len() == idx.len() => {
-                    for (i, kr) in idx.iter().zip(res) {
-                        results[*i] = kr;
-                    }
-                }
-                Ok(res) => {
-                    let st = Status::internal(format!("shard answered {} of {} keys", res.len(), idx.len()));
-                    idx.iter()
-                        .for_each(|i| results[*i] = failed(r.pairs[*i].key.clone(), &st));
-                }
-                Err(st) => idx
-                    .iter()
-                    .for_each(|i| results[*i] = failed(r.pairs[*i].key.clone(), &st)),
-            }
-        }
+        let results = merge_by_shard(r.pairs.iter().map(|p| p.key.as_slice()), &groups, parts);
         Ok(Response::new(BatchPutResponse {
             header: self.response_header(0),
             results,
