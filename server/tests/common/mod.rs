@@ -69,6 +69,7 @@ pub struct Cluster {
     pub opts: Opts,
     pub nodes: BTreeMap<u64, NodeProc>,
     pub initial_cluster: String,
+    channels: std::sync::Mutex<BTreeMap<u64, Channel>>,
 }
 
 fn free_port() -> u16 {
@@ -104,6 +105,7 @@ impl Cluster {
             opts,
             nodes,
             initial_cluster,
+            channels: std::sync::Mutex::new(BTreeMap::new()),
         };
         let ids: Vec<u64> = c.nodes.keys().copied().collect();
         for id in ids {
@@ -183,7 +185,18 @@ impl Cluster {
         &self.nodes[&id].addr
     }
 
+    /// A channel to node `id`, cached: tonic reconnects it by itself after
+    /// the node restarts.
     pub async fn channel(&self, id: u64) -> Option<Channel> {
+        if let Some(ch) = self.channels.lock().unwrap().get(&id) {
+            return Some(ch.clone());
+        }
+        let ch = self.connect(id).await?;
+        self.channels.lock().unwrap().insert(id, ch.clone());
+        Some(ch)
+    }
+
+    async fn connect(&self, id: u64) -> Option<Channel> {
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
             .ok()?
             .connect_timeout(Duration::from_secs(2))
@@ -249,56 +262,57 @@ impl Cluster {
         None
     }
 
-    /// Puts through any running node, retrying until `deadline`.
-    pub async fn put_retry(&self, key: &[u8], value: &[u8], deadline: Instant) -> Result<(), String> {
-        let mut last = String::new();
+    /// Runs `op` against running nodes in turn until it succeeds or the
+    /// deadline passes; returns the last error then.
+    pub async fn on_any_node<T, F, Fut>(&self, deadline: Instant, mut op: F) -> Result<T, String>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = String::from("deadline passed before the first attempt");
         let mut i = 0usize;
         while Instant::now() < deadline {
             let nodes = self.running();
             let id = nodes[i % nodes.len()];
             i += 1;
-            if let Some(mut kv) = self.kv(id).await {
-                let req = PutRequest {
-                    header: None,
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                };
-                match kv.put(req).await {
-                    Ok(_) => return Ok(()),
+            match self.kv(id).await {
+                Some(kv) => match op(kv).await {
+                    Ok(v) => return Ok(v),
                     Err(s) => last = format!("node {id}: {:?} {}", s.code(), s.message()),
-                }
+                },
+                None => last = format!("node {id}: cannot connect"),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(last)
     }
 
+    /// Puts through any running node, retrying until `deadline`.
+    pub async fn put_retry(&self, key: &[u8], value: &[u8], deadline: Instant) -> Result<(), String> {
+        self.on_any_node(deadline, |mut kv| {
+            let req = PutRequest {
+                header: None,
+                key: key.to_vec(),
+                value: value.to_vec(),
+            };
+            async move { kv.put(req).await.map(|_| ()) }
+        })
+        .await
+    }
+
     /// Linearizable get through any running node, retrying until `deadline`.
     pub async fn get_retry(&self, key: &[u8], deadline: Instant) -> Result<Option<Vec<u8>>, String> {
-        let mut last = String::new();
-        let mut i = 0usize;
-        while Instant::now() < deadline {
-            let nodes = self.running();
-            let id = nodes[i % nodes.len()];
-            i += 1;
-            if let Some(mut kv) = self.kv(id).await {
-                match kv
-                    .get(GetRequest {
-                        header: None,
-                        key: key.to_vec(),
-                    })
-                    .await
-                {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        return Ok(r.found.then_some(r.value));
-                    }
-                    Err(s) => last = format!("node {id}: {:?} {}", s.code(), s.message()),
-                }
+        self.on_any_node(deadline, |mut kv| {
+            let req = GetRequest {
+                header: None,
+                key: key.to_vec(),
+            };
+            async move {
+                let r = kv.get(req).await?.into_inner();
+                Ok(r.found.then_some(r.value))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err(last)
+        })
+        .await
     }
 
     pub async fn node_stats(&self, id: u64) -> Option<NodeStatsResponse> {
