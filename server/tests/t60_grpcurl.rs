@@ -209,3 +209,58 @@ async fn grpcurl_puts_on_node1_and_gets_on_node3() {
         "Put with an empty key: no `ringkv-error-code: INVALID_ARGUMENT` trailer in grpcurl -v output: {all}"
     );
 }
+
+/// grpcurl 1.8 speaks only the v1alpha reflection protocol; newer tools use
+/// v1. Both must list the services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_and_v1alpha_list_the_services() {
+    use tonic_reflection::pb::v1 as r1;
+    use tonic_reflection::pb::v1alpha as r1a;
+    let c = Cluster::start(Opts {
+        nodes: 1,
+        shards: 1,
+        ..Opts::default()
+    })
+    .await;
+    let ch = c.channel(1).await.expect("connect");
+    let req = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = r1::server_reflection_client::ServerReflectionClient::new(ch.clone())
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("v1 reflection call")
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .expect("v1 reflection stream")
+        .expect("one response");
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = resp.message_response
+    else {
+        panic!("unexpected v1 reflection answer: {resp:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["ringkv.v1.Kv", "ringkv.v1.Admin", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "v1 reflection lacks {want}: {names:?}");
+    }
+    let req = r1a::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1a::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = r1a::server_reflection_client::ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("v1alpha reflection call")
+        .into_inner();
+    let resp = stream.message().await.expect("v1alpha stream").expect("one response");
+    assert!(
+        format!("{resp:?}").contains("ringkv.v1.Kv"),
+        "v1alpha reflection lacks ringkv.v1.Kv: {resp:?}"
+    );
+}
