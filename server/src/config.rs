@@ -34,11 +34,10 @@ pub enum ConfigError {
 pub struct Config {
     /// This node's id; must appear in `initial_cluster`.
     pub node_id: u64,
-    /// Address the gRPC server binds to.
+    /// Address the gRPC server binds to (may be a wildcard such as
+    /// `0.0.0.0:50051`). Peers and clients reach the node at its address in
+    /// `initial_cluster`, as etcd's `initial-advertise-peer-urls`.
     pub listen: String,
-    /// Address other nodes and clients use to reach this node (defaults to
-    /// `listen`).
-    pub advertise: String,
     /// Directory holding this node's RocksDB.
     pub data_dir: PathBuf,
     /// `id=host:port` pairs, comma separated, of the nodes that bootstrap
@@ -114,7 +113,6 @@ impl Default for Config {
         Self {
             node_id: 0,
             listen: "127.0.0.1:50051".to_string(),
-            advertise: String::new(),
             data_dir: PathBuf::from("./data/ringkv"),
             initial_cluster: String::new(),
             shards: 16,
@@ -182,15 +180,6 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })
-    }
-
-    /// The address peers and clients should use for this node.
-    pub fn advertise_addr(&self) -> &str {
-        if self.advertise.is_empty() {
-            &self.listen
-        } else {
-            &self.advertise
-        }
     }
 
     /// Parses `initial_cluster` into node id -> address.

@@ -28,9 +28,6 @@ struct Args {
     /// gRPC listen address, ip:port.
     #[arg(long)]
     listen: Option<String>,
-    /// Address peers and clients use for this node (default: --listen).
-    #[arg(long)]
-    advertise: Option<String>,
     /// Data directory (created if missing; resumed if it holds a node).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -69,7 +66,6 @@ impl Args {
         }
         set!(self.node_id, c.node_id);
         set!(self.listen, c.listen);
-        set!(self.advertise, c.advertise);
         set!(self.data_dir, c.data_dir);
         set!(self.initial_cluster, c.initial_cluster);
         set!(self.shards, c.shards);
