@@ -38,6 +38,8 @@ fmt-check:
 clippy: deps
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-# Integration tests start real 3-node clusters: one test at a time.
+# Integration tests start real 3-node clusters of the ringkv-server binary
+# (built first, so every crate's tests find it): one test at a time.
 test: deps fmt-check clippy
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace -- --test-threads=1

@@ -19,7 +19,23 @@ use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::*;
 use tonic::transport::Channel;
 
-pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_ringkv-server");
+/// The `ringkv-server` binary: cargo names it for the server's own tests;
+/// other crates of the workspace (which include this file by path) find it
+/// next to their test executable's `deps/` folder.
+pub fn server_bin() -> std::path::PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ringkv-server") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir");
+    let bin = dir.join("ringkv-server");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build --release -p ringkv-server)",
+        bin.display()
+    );
+    bin
+}
 /// How long a cluster may take to elect every leader.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Per-RPC timeout used by the harness.
@@ -125,7 +141,7 @@ impl Cluster {
             .append(true)
             .open(&n.log)
             .expect("open node log");
-        let mut cmd = Command::new(SERVER_BIN);
+        let mut cmd = Command::new(server_bin());
         cmd.args([
             "--node-id",
             &id.to_string(),
