@@ -38,6 +38,9 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub struct SessionId {
     pub client_id: [u8; 16],
     pub sequence: u64,
+    /// Lowest sequence of this client still awaiting its reply (0 = this
+    /// one): the shard may forget results of older sequences.
+    pub first_incomplete: u64,
 }
 
 /// One log entry's application payload.
@@ -158,6 +161,7 @@ mod tests {
                     session: Some(SessionId {
                         client_id: [7; 16],
                         sequence: 9,
+                        first_incomplete: 4,
                     }),
                     timestamp_ms: 123,
                 }),

@@ -106,9 +106,15 @@ fn session_of(h: &Option<RequestHeader>) -> Result<Option<SessionId>, ServerErro
             "header.sequence must be >= 1 when header.client_id is set".into(),
         ));
     }
+    if h.first_incomplete_sequence > h.sequence {
+        return Err(ServerError::InvalidArgument(
+            "header.first_incomplete_sequence must be <= header.sequence".into(),
+        ));
+    }
     Ok(Some(SessionId {
         client_id,
         sequence: h.sequence,
+        first_incomplete: h.first_incomplete_sequence,
     }))
 }
 
@@ -752,6 +758,9 @@ mod tests {
         assert!(session_of(&h(vec![], 3)).is_err());
         assert!(session_of(&h(vec![1; 15], 1)).is_err());
         assert!(session_of(&h(vec![1; 16], 0)).is_err());
+        let mut ahead = h(vec![1; 16], 5);
+        ahead.as_mut().unwrap().first_incomplete_sequence = 6;
+        assert!(session_of(&ahead).is_err());
         assert_eq!(session_of(&h(vec![1; 16], 7)).unwrap().unwrap().sequence, 7);
     }
 }

@@ -12,6 +12,7 @@
 //! This module decides what a command does to the data. It does not route or
 //! validate requests (that is the edge's job) and does no network I/O.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::AtomicU64;
@@ -52,6 +53,10 @@ use crate::ring::ClusterLayout;
 use crate::ring::TokenRange;
 use crate::ring::META_SHARD_ID;
 
+/// Most results a session keeps per shard: a client may have this many
+/// writes to one shard in flight; beyond it the oldest result is forgotten
+/// (a retry of it is then refused as stale, never applied twice).
+pub const SESSION_RESPONSES_MAX: usize = 256;
 /// Expired sessions are deleted physically every this many applied entries.
 pub const SESSION_GC_INTERVAL_ENTRIES: u64 = 4096;
 /// Most expired sessions deleted by one GC pass (bounds the pass's batch).
@@ -66,13 +71,27 @@ struct AppliedState {
     clock_ms: u64,
 }
 
-/// One client's entry in the session table.
+/// One client's entry in the session table of a shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub sequence: u64,
+    /// Sequences below this are complete: their results are forgotten and a
+    /// retry of one is refused as stale.
+    pub low: u64,
     /// State-machine clock when the last write of this client applied.
     pub last_ms: u64,
-    pub response: RaftResponse,
+    /// Results of the applied sequences `>= low`, answered to retries.
+    pub responses: BTreeMap<u64, RaftResponse>,
+}
+
+impl SessionRecord {
+    /// The highest sequence applied, reported with STALE_SEQUENCE.
+    fn last_sequence(&self) -> u64 {
+        self.responses
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(self.low.saturating_sub(1))
+    }
 }
 
 /// Counters shared with the node.
@@ -253,26 +272,51 @@ impl ShardStateMachine {
         req: &RaftRequest,
         clock_ms: u64,
     ) -> Result<RaftResponse, StorageError> {
-        let Some(SessionId { client_id, sequence }) = req.session else {
+        let Some(SessionId {
+            client_id,
+            sequence,
+            first_incomplete,
+        }) = req.session
+        else {
             return self.execute(batch, overlay, &req.command);
         };
-        if let Some(rec) = self.load_session(overlay, &client_id)? {
-            let live = clock_ms.saturating_sub(rec.last_ms) <= self.session_ttl_ms;
-            if live && sequence == rec.sequence {
-                return Ok(rec.response);
-            }
-            if live && sequence < rec.sequence {
-                return Ok(RaftResponse::StaleSequence {
-                    last_sequence: rec.sequence,
-                });
-            }
+        assert!(sequence > 0, "validated at the edge");
+        // 0 = one write in flight: everything before this one is complete.
+        let floor = if first_incomplete == 0 {
+            sequence
+        } else {
+            first_incomplete.min(sequence)
+        };
+        let live = |r: &SessionRecord| clock_ms.saturating_sub(r.last_ms) <= self.session_ttl_ms;
+        let mut rec = match self.load_session(overlay, &client_id)? {
+            Some(r) if live(&r) => r,
+            // Unknown or expired client: a fresh session.
+            _ => SessionRecord {
+                low: 0,
+                last_ms: clock_ms,
+                responses: BTreeMap::new(),
+            },
+        };
+        if sequence < rec.low {
+            return Ok(RaftResponse::StaleSequence {
+                last_sequence: rec.last_sequence(),
+            });
+        }
+        if let Some(r) = rec.responses.get(&sequence) {
+            return Ok(r.clone());
         }
         let response = self.execute(batch, overlay, &req.command)?;
-        let rec = SessionRecord {
-            sequence,
-            last_ms: clock_ms,
-            response: response.clone(),
-        };
+        rec.low = rec.low.max(floor);
+        let low = rec.low;
+        rec.responses.retain(|s, _| *s >= low);
+        rec.responses.insert(sequence, response.clone());
+        while rec.responses.len() > SESSION_RESPONSES_MAX {
+            if let Some((oldest, _)) = rec.responses.pop_first() {
+                rec.low = oldest + 1;
+            }
+        }
+        rec.last_ms = clock_ms;
+        debug_assert!(rec.responses.keys().all(|s| *s >= rec.low));
         batch.put_cf(
             self.db.cf(Cf::Meta),
             keys::session_key(self.shard, &client_id),
@@ -635,6 +679,7 @@ mod tests {
             session: session.map(|(id, sequence)| SessionId {
                 client_id: [id; 16],
                 sequence,
+                first_incomplete: 0,
             }),
             timestamp_ms,
         }
@@ -756,6 +801,73 @@ mod tests {
             .await;
         assert_eq!(late[0], RaftResponse::Done);
         assert_eq!(f.value("k"), Some(b"late".to_vec()));
+    }
+
+    fn windowed(id: u8, sequence: u64, first_incomplete: u64) -> Option<SessionId> {
+        Some(SessionId {
+            client_id: [id; 16],
+            sequence,
+            first_incomplete,
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_sequences_are_each_applied_once_in_any_order() {
+        let mut f = fixture(whole_ring());
+        let r = |cmd, session| RaftRequest {
+            command: cmd,
+            session,
+            timestamp_ms: 10,
+        };
+        // Sequences 1..=3 in flight at once, applied out of order.
+        let out = f
+            .apply(vec![
+                r(cas("c", None, Some("a")), windowed(3, 3, 1)),
+                r(cas("c", Some("a"), Some("b")), windowed(3, 1, 1)),
+                r(put("d", "x"), windowed(3, 2, 1)),
+            ])
+            .await;
+        assert_eq!(
+            out[0],
+            RaftResponse::Swapped {
+                succeeded: true,
+                previous: None
+            }
+        );
+        assert!(matches!(out[1], RaftResponse::Swapped { succeeded: true, .. }));
+        // Retries of all three are answered, none applied again.
+        let again = f
+            .apply(vec![
+                r(cas("c", None, Some("a")), windowed(3, 3, 1)),
+                r(cas("c", Some("a"), Some("b")), windowed(3, 1, 1)),
+            ])
+            .await;
+        assert_eq!(again, out[..2].to_vec());
+        assert_eq!(f.value("c"), Some(b"b".to_vec()));
+        // The client got replies up to 3: results below 4 may be forgotten.
+        f.apply(vec![r(put("e", "y"), windowed(3, 4, 4))]).await;
+        let stale = f.apply(vec![r(put("c", "zzz"), windowed(3, 2, 2))]).await;
+        assert_eq!(stale[0], RaftResponse::StaleSequence { last_sequence: 4 });
+        assert_eq!(f.value("c"), Some(b"b".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn the_window_is_bounded_and_forgets_the_oldest() {
+        let mut f = fixture(whole_ring());
+        let n = SESSION_RESPONSES_MAX as u64 + 10;
+        let reqs = (1..=n)
+            .map(|s| RaftRequest {
+                command: put("w", "v"),
+                session: windowed(4, s, 1),
+                timestamp_ms: 1,
+            })
+            .collect();
+        f.apply(reqs).await;
+        let rec = f.sm.load_session(&Overlay::default(), &[4; 16]).unwrap().unwrap();
+        assert_eq!(rec.responses.len(), SESSION_RESPONSES_MAX);
+        assert_eq!(rec.low, 11);
+        let old = f.apply(vec![req(put("w", "again"), Some((4, 5)), 2)]).await;
+        assert!(matches!(old[0], RaftResponse::StaleSequence { .. }));
     }
 
     #[tokio::test]
