@@ -14,6 +14,10 @@ use std::sync::OnceLock;
 /// Environment variable read once at first use.
 pub const FAILPOINTS_ENV: &str = "RINGKV_FAILPOINTS";
 
+/// Aborts the process after a client write was applied on this node (its
+/// leader) and before the reply is sent: the client sees a lost reply.
+pub const KV_ABORT_AFTER_WRITE: &str = "kv.abort_after_write";
+
 /// Corrupts one byte of an outgoing snapshot chunk.
 pub const SNAPSHOT_CORRUPT_CHUNK: &str = "snapshot.corrupt_chunk";
 

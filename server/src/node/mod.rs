@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::failpoint;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::openraft_config;
@@ -355,6 +356,14 @@ impl Node {
                 ))
             })?;
         self.stats.inc(&self.stats.client_writes);
+        if shard_id != META_SHARD_ID && res.is_ok() && failpoint::fire(failpoint::KV_ABORT_AFTER_WRITE) {
+            tracing::error!(
+                shard_id,
+                "failpoint {}: aborting before the reply",
+                failpoint::KV_ABORT_AFTER_WRITE
+            );
+            std::process::abort();
+        }
         match res {
             Ok(r) => match r.data {
                 RaftResponse::Rejected { reason } => Err(ServerError::WrongShard {
