@@ -49,6 +49,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sessions: SessionConfig,
     pub storage: StorageConfig,
+    pub log: LogConfig,
 }
 
 /// Raft timing and log compaction, applied to every shard group.
@@ -96,6 +97,34 @@ pub struct SessionConfig {
     pub ttl_ms: u64,
 }
 
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// Kv requests slower than this are logged at WARN with method, shard
+    /// and duration; 0 disables the slow-request log.
+    pub slow_request_ms: u64,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            slow_request_ms: 1_000,
+        }
+    }
+}
+
 /// RocksDB tuning.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -120,6 +149,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             sessions: SessionConfig::default(),
             storage: StorageConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use ringkv_server::config::Config;
+use ringkv_server::config::LogFormat;
 use ringkv_server::node::Node;
 
 #[derive(Debug, Parser)]
@@ -49,6 +50,12 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long)]
     snapshot_logs_to_keep: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Log Kv requests slower than this (0 = off).
+    #[arg(long)]
+    slow_request_ms: Option<u64>,
 }
 
 impl Args {
@@ -74,6 +81,10 @@ impl Args {
         set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);
         set!(self.snapshot_logs_since_last, c.raft.snapshot_logs_since_last);
         set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
+        set!(self.slow_request_ms, c.log.slow_request_ms);
+        if let Some(f) = self.log_format {
+            c.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
+        }
         c.validate()?;
         Ok(c)
     }
@@ -97,17 +108,24 @@ async fn shutdown_signal() {
     }
 }
 
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cfg = Args::parse().into_config()?;
+    init_logging(cfg.log.format);
     let listen = cfg.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

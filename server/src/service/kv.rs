@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -43,12 +45,39 @@ pub struct KvService {
     inflight: Arc<Semaphore>,
 }
 
-/// Per-request context: deadline, whether it was forwarded, and its slot in
-/// the in-flight limit.
+/// Per-request context: deadline, whether it was forwarded, its slot in
+/// the in-flight limit, and what the slow-request log reports when it ends.
 struct Ctx {
     deadline: Instant,
     forwarded: bool,
     _permit: OwnedSemaphorePermit,
+    method: &'static str,
+    started: Instant,
+    /// 0 = slow-request log off.
+    slow_request_ms: u64,
+    /// The shard routed to, once known (0 = several or none).
+    shard: AtomicU64,
+}
+
+impl Ctx {
+    fn set_shard(&self, shard: u64) {
+        self.shard.store(shard, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        if self.slow_request_ms > 0 && took >= Duration::from_millis(self.slow_request_ms) {
+            tracing::warn!(
+                method = self.method,
+                shard = self.shard.load(Ordering::Relaxed),
+                forwarded = self.forwarded,
+                took_ms = took.as_millis() as u64,
+                "slow request"
+            );
+        }
+    }
 }
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`).
@@ -146,7 +175,7 @@ impl KvService {
         e.to_status(self.node.epoch())
     }
 
-    fn ctx(&self, md: &MetadataMap) -> Result<Ctx, Status> {
+    fn ctx(&self, md: &MetadataMap, method: &'static str) -> Result<Ctx, Status> {
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             self.status(ServerError::Overloaded(format!(
                 "more than inflight_requests_max = {} requests in flight",
@@ -158,10 +187,15 @@ impl KvService {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .unwrap_or(Duration::from_millis(self.node.cfg.limits.forward_timeout_ms));
+        let started = Instant::now();
         Ok(Ctx {
-            deadline: Instant::now() + timeout,
+            deadline: started + timeout,
             forwarded: md.contains_key(FORWARDED_METADATA_KEY),
             _permit: permit,
+            method,
+            started,
+            slow_request_ms: self.node.cfg.log.slow_request_ms,
+            shard: AtomicU64::new(0),
         })
     }
 
@@ -454,10 +488,11 @@ fn merge_by_shard<'a>(
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "Get")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        ctx.set_shard(shard);
         match self.get_local(&ctx, shard, &r.header, &r.key).await {
             Ok(v) => Ok(Response::new(GetResponse {
                 header: self.response_header(shard),
@@ -479,12 +514,13 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "Put")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         self.check_value(&r.value).map_err(|e| self.status(e))?;
         let session = session_of(&r.header).map_err(|e| self.status(e))?;
         let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        ctx.set_shard(shard);
         let cmd = Command::Put {
             key: r.key.clone(),
             value: r.value.clone(),
@@ -508,11 +544,12 @@ impl Kv for KvService {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "Delete")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         let session = session_of(&r.header).map_err(|e| self.status(e))?;
         let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        ctx.set_shard(shard);
         let cmd = Command::Delete { key: r.key.clone() };
         match self.node.write(shard, cmd, session, ctx.deadline).await {
             Ok(resp) => Ok(Response::new(DeleteResponse {
@@ -537,7 +574,7 @@ impl Kv for KvService {
         &self,
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "CompareAndSwap")?;
         let r = request.into_inner();
         let invalid = |m: &str| self.status(ServerError::InvalidArgument(m.to_string()));
         self.check_key(&r.key).map_err(|e| self.status(e))?;
@@ -561,6 +598,7 @@ impl Kv for KvService {
         };
         let session = session_of(&r.header).map_err(|e| self.status(e))?;
         let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
+        ctx.set_shard(shard);
         let cmd = Command::CompareAndSwap {
             key: r.key.clone(),
             expected,
@@ -591,7 +629,7 @@ impl Kv for KvService {
     }
 
     async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "BatchGet")?;
         let r = request.into_inner();
         self.check_batch_len(r.keys.len()).map_err(|e| self.status(e))?;
         let groups = self
@@ -610,7 +648,7 @@ impl Kv for KvService {
     }
 
     async fn batch_put(&self, request: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "BatchPut")?;
         let r = request.into_inner();
         self.check_batch_len(r.pairs.len()).map_err(|e| self.status(e))?;
         session_of(&r.header).map_err(|e| self.status(e))?;
@@ -644,7 +682,7 @@ impl Kv for KvService {
     }
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let ctx = self.ctx(request.metadata())?;
+        let ctx = self.ctx(request.metadata(), "Scan")?;
         let r = request.into_inner();
         let max = self.node.cfg.limits.scan_limit_max;
         if r.limit > max {
