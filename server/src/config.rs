@@ -38,6 +38,9 @@ pub struct Config {
     /// `0.0.0.0:50051`). Peers and clients reach the node at its address in
     /// `initial_cluster`, as etcd's `initial-advertise-peer-urls`.
     pub listen: String,
+    /// HTTP address of the status port (`/metrics`, `/healthz`); empty =
+    /// no status port.
+    pub status_listen: String,
     /// Directory holding this node's RocksDB.
     pub data_dir: PathBuf,
     /// `id=host:port` pairs, comma separated, of the nodes that bootstrap
@@ -142,6 +145,7 @@ impl Default for Config {
         Self {
             node_id: 0,
             listen: "127.0.0.1:50051".to_string(),
+            status_listen: String::new(),
             data_dir: PathBuf::from("./data/ringkv"),
             initial_cluster: String::new(),
             shards: 16,
@@ -225,6 +229,12 @@ impl Config {
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad(format!("listen {:?} is not an ip:port address", self.listen));
+        }
+        if !self.status_listen.is_empty() && self.status_listen.parse::<SocketAddr>().is_err() {
+            return bad(format!(
+                "status_listen {:?} is not an ip:port address",
+                self.status_listen
+            ));
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));

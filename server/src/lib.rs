@@ -14,6 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod ring;

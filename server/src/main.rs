@@ -29,6 +29,9 @@ struct Args {
     /// gRPC listen address, ip:port.
     #[arg(long)]
     listen: Option<String>,
+    /// HTTP address serving /metrics (Prometheus) and /healthz.
+    #[arg(long)]
+    status_listen: Option<String>,
     /// Data directory (created if missing; resumed if it holds a node).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -73,6 +76,7 @@ impl Args {
         }
         set!(self.node_id, c.node_id);
         set!(self.listen, c.listen);
+        set!(self.status_listen, c.status_listen);
         set!(self.data_dir, c.data_dir);
         set!(self.initial_cluster, c.initial_cluster);
         set!(self.shards, c.shards);
@@ -130,7 +134,19 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
+    let status_listener = match cfg.status_listen.as_str() {
+        "" => None,
+        addr => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind status port {addr}"))?,
+        ),
+    };
     let node: Arc<Node> = Node::start(cfg).await.context("start node")?;
+    if let Some(l) = status_listener {
+        tracing::info!(addr = %node.cfg.status_listen, "status port serving /metrics and /healthz");
+        tokio::spawn(ringkv_server::service::status::serve(node.clone(), l));
+    }
     tracing::info!(node = node.id, %listen, shards = node.shards.len(), "ringkv-server serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(ringkv_server::service::serve(node.clone(), listener, async {

@@ -110,6 +110,7 @@ pub struct Node {
     /// when this node is not a metadata member).
     pub meta_layout: Option<watch::Receiver<Option<ClusterLayout>>>,
     pub stats: NodeStats,
+    pub metrics: crate::metrics::Metrics,
     pub sm_stats: Arc<SmStats>,
 }
 
@@ -241,6 +242,7 @@ impl Node {
             shards,
             meta_layout,
             stats: NodeStats::default(),
+            metrics: crate::metrics::Metrics::default(),
             sm_stats,
         });
         if node.shards.contains_key(&META_SHARD_ID) {

@@ -27,6 +27,8 @@ use tonic::Response;
 use tonic::Status;
 
 use crate::error::ServerError;
+use crate::metrics::Method;
+use crate::metrics::Outcome;
 use crate::node::Node;
 use crate::node::ReadConsistency;
 use crate::raft::types::Command;
@@ -485,9 +487,9 @@ fn merge_by_shard<'a>(
     results
 }
 
-#[tonic::async_trait]
-impl Kv for KvService {
-    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+/// The request handlers; [`Kv`] wraps each to record its metrics.
+impl KvService {
+    async fn do_get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "Get")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
@@ -513,7 +515,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn do_put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "Put")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
@@ -543,7 +545,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+    async fn do_delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "Delete")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
@@ -570,7 +572,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn compare_and_swap(
+    async fn do_compare_and_swap(
         &self,
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
@@ -628,7 +630,7 @@ impl Kv for KvService {
         }
     }
 
-    async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+    async fn do_batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "BatchGet")?;
         let r = request.into_inner();
         self.check_batch_len(r.keys.len()).map_err(|e| self.status(e))?;
@@ -647,7 +649,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn batch_put(&self, request: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
+    async fn do_batch_put(&self, request: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "BatchPut")?;
         let r = request.into_inner();
         self.check_batch_len(r.pairs.len()).map_err(|e| self.status(e))?;
@@ -681,7 +683,7 @@ impl Kv for KvService {
         }))
     }
 
-    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+    async fn do_scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
         let ctx = self.ctx(request.metadata(), "Scan")?;
         let r = request.into_inner();
         let max = self.node.cfg.limits.scan_limit_max;
@@ -767,6 +769,44 @@ impl Kv for KvService {
             continuation,
         }))
     }
+}
+
+/// Records a finished request in the node's metrics.
+fn observe<T>(node: &Node, method: Method, started: Instant, r: &Result<T, Status>) {
+    let outcome = match r {
+        Ok(_) => Outcome::Ok,
+        Err(st) => match ringkv_proto::decode_error_detail(st.details()).map(|d| ErrorCode::try_from(d.code)) {
+            Some(Ok(code)) => Outcome::Error(code),
+            _ => Outcome::Other,
+        },
+    };
+    node.metrics.request(method, outcome, started.elapsed().as_secs_f64());
+}
+
+macro_rules! observed {
+    ($($name:ident, $inner:ident, $method:ident, $req:ty, $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Kv for KvService {
+            $(
+                async fn $name(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let started = Instant::now();
+                    let r = self.$inner(request).await;
+                    observe(&self.node, Method::$method, started, &r);
+                    r
+                }
+            )*
+        }
+    };
+}
+
+observed! {
+    get, do_get, Get, GetRequest, GetResponse;
+    put, do_put, Put, PutRequest, PutResponse;
+    delete, do_delete, Delete, DeleteRequest, DeleteResponse;
+    compare_and_swap, do_compare_and_swap, CompareAndSwap, CompareAndSwapRequest, CompareAndSwapResponse;
+    batch_get, do_batch_get, BatchGet, BatchGetRequest, BatchGetResponse;
+    batch_put, do_batch_put, BatchPut, BatchPutRequest, BatchPutResponse;
+    scan, do_scan, Scan, ScanRequest, ScanResponse;
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::Cf;
 use super::Db;
 use super::StorageError;
+use crate::metrics::histogram::Histogram;
 
 /// Most write requests waiting for the writer thread; senders wait when full.
 pub const GROUP_COMMIT_QUEUE_MAX: usize = 8192;
@@ -36,10 +37,12 @@ struct Job {
 }
 
 /// Counters of the group committer.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct GroupCommitStats {
     pub requests: AtomicU64,
     pub syncs: AtomicU64,
+    /// Duration of each batch write including its WAL sync.
+    pub sync_seconds: Histogram,
 }
 
 /// Handle to the node's writer thread. Cheap to clone.
@@ -119,7 +122,9 @@ fn writer_loop(db: Arc<Db>, mut rx: mpsc::Receiver<Job>, requests_max: usize, st
                 }
             }
         }
+        let started = std::time::Instant::now();
         let result = db.raw().write_opt(batch, &sync).map_err(StorageError::from);
+        stats.sync_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = jobs.len(), "group commit write failed");
         }

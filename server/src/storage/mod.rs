@@ -49,7 +49,10 @@ pub enum Cf {
 }
 
 impl Cf {
-    fn name(self) -> &'static str {
+    /// Every column family.
+    pub const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::Data, Cf::KeyIndex, Cf::Meta];
+
+    pub fn name(self) -> &'static str {
         match self {
             Cf::RaftLog => CF_RAFT_LOG,
             Cf::RaftState => CF_RAFT_STATE,
@@ -115,6 +118,24 @@ impl Db {
     pub fn cf(&self, cf: Cf) -> &ColumnFamily {
         // Every column family is created at open; a missing one is a bug.
         self.db.cf_handle(cf.name()).expect("column family created at open")
+    }
+
+    /// Sum over every column family of an integer RocksDB property.
+    pub fn property_sum(&self, name: &rocksdb::properties::PropName) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| self.db.property_int_value_cf(self.cf(*cf), name).ok().flatten())
+            .sum()
+    }
+
+    /// A database-wide integer RocksDB property (read through the data
+    /// column family; 0 when unavailable).
+    pub fn property_db(&self, name: &rocksdb::properties::PropName) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(Cf::Data), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     pub fn raw(&self) -> &DB {

@@ -59,6 +59,8 @@ pub struct Opts {
     pub extra_args: Vec<String>,
     /// Environment per node id.
     pub env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Give every node a status HTTP port (`NodeProc::status_addr`).
+    pub status_ports: bool,
 }
 
 impl Default for Opts {
@@ -68,6 +70,7 @@ impl Default for Opts {
             shards: 4,
             extra_args: vec![],
             env: BTreeMap::new(),
+            status_ports: false,
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// The status HTTP port, when `Opts::status_ports`.
+    pub status_addr: Option<String>,
 }
 
 pub struct Cluster {
@@ -108,6 +113,7 @@ impl Cluster {
                     data_dir: dir.path().join(format!("node{id}")),
                     log: dir.path().join(format!("node{id}.log")),
                     child: None,
+                    status_addr: opts.status_ports.then(|| format!("127.0.0.1:{}", free_port())),
                 },
             );
         }
@@ -162,6 +168,11 @@ impl Cluster {
             "3000",
         ])
         .args(&opts.extra_args)
+        .args(
+            n.status_addr
+                .iter()
+                .flat_map(|a| ["--status-listen".to_string(), a.clone()]),
+        )
         .env("RUST_LOG", "info,openraft=warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup log"))
