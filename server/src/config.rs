@@ -90,6 +90,11 @@ pub struct LimitsConfig {
     pub inflight_requests_max: usize,
     /// Deadline of a forwarded request when the caller gave none.
     pub forward_timeout_ms: u64,
+    /// Requests per second one client (client id, else IP address) may
+    /// start on this node; more are refused with OVERLOADED. 0 = no limit.
+    pub client_requests_per_second: u32,
+    /// Burst a client may send above its rate (>= 1 when the rate is set).
+    pub client_burst: u32,
 }
 
 /// Exactly-once session table.
@@ -183,6 +188,8 @@ impl Default for LimitsConfig {
             scan_limit_max: 10_000,
             inflight_requests_max: 4096,
             forward_timeout_ms: 5_000,
+            client_requests_per_second: 0,
+            client_burst: 100,
         }
     }
 }
@@ -283,6 +290,9 @@ impl Config {
         }
         if l.scan_limit_max == 0 {
             return bad("limits.scan_limit_max must be > 0".into());
+        }
+        if l.client_requests_per_second > 0 && l.client_burst == 0 {
+            return bad("limits.client_burst must be >= 1 when limits.client_requests_per_second is set".into());
         }
         if l.inflight_requests_max == 0 {
             return bad("limits.inflight_requests_max must be > 0".into());

@@ -53,6 +53,12 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long)]
     snapshot_logs_to_keep: Option<u64>,
+    /// Per-client request rate limit (requests/s, 0 = off).
+    #[arg(long)]
+    client_requests_per_second: Option<u32>,
+    /// Per-client burst above the rate.
+    #[arg(long)]
+    client_burst: Option<u32>,
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -86,6 +92,8 @@ impl Args {
         set!(self.snapshot_logs_since_last, c.raft.snapshot_logs_since_last);
         set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
         set!(self.slow_request_ms, c.log.slow_request_ms);
+        set!(self.client_requests_per_second, c.limits.client_requests_per_second);
+        set!(self.client_burst, c.limits.client_burst);
         if let Some(f) = self.log_format {
             c.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
         }

@@ -20,7 +20,6 @@ use ringkv_proto::v1::kv_server::Kv;
 use ringkv_proto::v1::*;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
-use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::Request;
 use tonic::Response;
@@ -34,6 +33,9 @@ use crate::node::ReadConsistency;
 use crate::raft::types::Command;
 use crate::raft::types::RaftResponse;
 use crate::raft::types::SessionId;
+use crate::service::rate_limit::ClientKey;
+use crate::service::rate_limit::RateLimiter;
+use crate::service::rate_limit::CLIENTS_TRACKED_MAX;
 
 /// Metadata key marking a request already forwarded once.
 pub const FORWARDED_METADATA_KEY: &str = "ringkv-forwarded";
@@ -45,6 +47,8 @@ const CONTINUATION_V1: u8 = 1;
 pub struct KvService {
     node: Arc<Node>,
     inflight: Arc<Semaphore>,
+    /// `None` when no per-client rate is configured.
+    rate: Option<RateLimiter>,
 }
 
 /// Per-request context: deadline, whether it was forwarded, its slot in
@@ -81,6 +85,31 @@ impl Drop for Ctx {
         }
     }
 }
+
+/// Kv requests that carry a [`RequestHeader`].
+trait HasHeader {
+    fn header(&self) -> &Option<RequestHeader>;
+}
+
+macro_rules! has_header {
+    ($($t:ty),*) => {
+        $(impl HasHeader for $t {
+            fn header(&self) -> &Option<RequestHeader> {
+                &self.header
+            }
+        })*
+    };
+}
+
+has_header!(
+    GetRequest,
+    PutRequest,
+    DeleteRequest,
+    CompareAndSwapRequest,
+    BatchGetRequest,
+    BatchPutRequest,
+    ScanRequest
+);
 
 /// Parses a `grpc-timeout` header value (`<digits><unit>`).
 pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
@@ -169,15 +198,44 @@ fn detail_of(status: &Status) -> ErrorDetail {
 
 impl KvService {
     pub fn new(node: Arc<Node>) -> Self {
-        let inflight = Arc::new(Semaphore::new(node.cfg.limits.inflight_requests_max));
-        Self { node, inflight }
+        let l = &node.cfg.limits;
+        let inflight = Arc::new(Semaphore::new(l.inflight_requests_max));
+        let rate = (l.client_requests_per_second > 0)
+            .then(|| RateLimiter::new(l.client_requests_per_second, l.client_burst, CLIENTS_TRACKED_MAX));
+        Self { node, inflight, rate }
     }
 
     fn status(&self, e: ServerError) -> Status {
         e.to_status(self.node.epoch())
     }
 
-    fn ctx(&self, md: &MetadataMap, method: &'static str) -> Result<Ctx, Status> {
+    /// Charges one request to its client's token bucket. Forwarded requests
+    /// were charged by the node that received them.
+    fn check_rate(&self, client: ClientKey, forwarded: bool) -> Result<(), Status> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        if forwarded || rate.try_acquire(client, Instant::now()) {
+            return Ok(());
+        }
+        let l = &self.node.cfg.limits;
+        Err(self.status(ServerError::Overloaded(format!(
+            "client over its rate: client_requests_per_second = {}, client_burst = {}",
+            l.client_requests_per_second, l.client_burst
+        ))))
+    }
+
+    fn ctx<T: HasHeader>(&self, request: &Request<T>, method: &'static str) -> Result<Ctx, Status> {
+        let md = request.metadata();
+        let client = match request.get_ref().header().as_ref().map(|h| h.client_id.as_slice()) {
+            Some(id) if id.len() == CLIENT_ID_BYTES => {
+                let mut k = [0u8; CLIENT_ID_BYTES];
+                k.copy_from_slice(id);
+                ClientKey::Id(k)
+            }
+            _ => request
+                .remote_addr()
+                .map_or(ClientKey::Unknown, |a| ClientKey::Ip(a.ip())),
+        };
+        self.check_rate(client, md.contains_key(FORWARDED_METADATA_KEY))?;
         let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
             self.status(ServerError::Overloaded(format!(
                 "more than inflight_requests_max = {} requests in flight",
@@ -490,7 +548,7 @@ fn merge_by_shard<'a>(
 /// The request handlers; [`Kv`] wraps each to record its metrics.
 impl KvService {
     async fn do_get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "Get")?;
+        let ctx = self.ctx(&request, "Get")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         let shard = self.route(&r.header, &r.key).map_err(|e| self.status(e))?;
@@ -516,7 +574,7 @@ impl KvService {
     }
 
     async fn do_put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "Put")?;
+        let ctx = self.ctx(&request, "Put")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         self.check_value(&r.value).map_err(|e| self.status(e))?;
@@ -546,7 +604,7 @@ impl KvService {
     }
 
     async fn do_delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "Delete")?;
+        let ctx = self.ctx(&request, "Delete")?;
         let r = request.into_inner();
         self.check_key(&r.key).map_err(|e| self.status(e))?;
         let session = session_of(&r.header).map_err(|e| self.status(e))?;
@@ -576,7 +634,7 @@ impl KvService {
         &self,
         request: Request<CompareAndSwapRequest>,
     ) -> Result<Response<CompareAndSwapResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "CompareAndSwap")?;
+        let ctx = self.ctx(&request, "CompareAndSwap")?;
         let r = request.into_inner();
         let invalid = |m: &str| self.status(ServerError::InvalidArgument(m.to_string()));
         self.check_key(&r.key).map_err(|e| self.status(e))?;
@@ -631,7 +689,7 @@ impl KvService {
     }
 
     async fn do_batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "BatchGet")?;
+        let ctx = self.ctx(&request, "BatchGet")?;
         let r = request.into_inner();
         self.check_batch_len(r.keys.len()).map_err(|e| self.status(e))?;
         let groups = self
@@ -650,7 +708,7 @@ impl KvService {
     }
 
     async fn do_batch_put(&self, request: Request<BatchPutRequest>) -> Result<Response<BatchPutResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "BatchPut")?;
+        let ctx = self.ctx(&request, "BatchPut")?;
         let r = request.into_inner();
         self.check_batch_len(r.pairs.len()).map_err(|e| self.status(e))?;
         session_of(&r.header).map_err(|e| self.status(e))?;
@@ -684,7 +742,7 @@ impl KvService {
     }
 
     async fn do_scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
-        let ctx = self.ctx(request.metadata(), "Scan")?;
+        let ctx = self.ctx(&request, "Scan")?;
         let r = request.into_inner();
         let max = self.node.cfg.limits.scan_limit_max;
         if r.limit > max {

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod kv;
+pub mod rate_limit;
 pub mod status;
 pub mod transport;
 
