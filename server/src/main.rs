@@ -6,12 +6,18 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use ringkv_server::config::Config;
 use ringkv_server::config::LogFormat;
 use ringkv_server::node::Node;
+
+/// Longest SIGTERM waits for in-flight requests.
+const SHUTDOWN_DRAIN_MS: u64 = 5_000;
+/// Longest SIGTERM waits for the Raft groups to stop.
+const SHUTDOWN_RAFT_MS: u64 = 5_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -171,12 +177,21 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down");
+    // Stop accepting, let in-flight requests finish (they need Raft), then
+    // stop the Raft groups; each step is bounded so SIGTERM always ends.
+    tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(());
-    node.shutdown().await;
-    match server.await {
-        Ok(r) => r.context("grpc server")?,
-        Err(e) => anyhow::bail!("grpc server task: {e}"),
+    match tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), &mut server).await {
+        Ok(Ok(r)) => r.context("grpc server")?,
+        Ok(Err(e)) => anyhow::bail!("grpc server task: {e}"),
+        Err(_) => tracing::warn!("requests still in flight after {SHUTDOWN_DRAIN_MS} ms; stopping anyway"),
     }
+    if tokio::time::timeout(Duration::from_millis(SHUTDOWN_RAFT_MS), node.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("raft groups did not stop within {SHUTDOWN_RAFT_MS} ms");
+    }
+    tracing::info!("stopped");
     Ok(())
 }

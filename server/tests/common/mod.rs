@@ -192,6 +192,30 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM and wait (up to `timeout`) for the exit status; kill -9 and
+    /// panic when the node does not stop in time.
+    pub fn terminate(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let mut child = n.child.take().expect("node running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node {id} did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.spawn(id);
     }
