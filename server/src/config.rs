@@ -53,6 +53,8 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub admin: AdminConfig,
 }
 
 /// Raft timing and log compaction, applied to every shard group.
@@ -103,6 +105,41 @@ pub struct LimitsConfig {
 pub struct SessionConfig {
     /// A client idle for longer (by log timestamps) loses its session entry.
     pub ttl_ms: u64,
+}
+
+/// TLS for every connection of the node's gRPC port: clients, operators and
+/// peers. All paths empty = plaintext (the playground default).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this node: its server certificate, and its
+    /// client certificate towards peers. Must name the node's address (IP
+    /// SAN) as written in `initial_cluster`.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that signs the peers' (and, with
+    /// `require_client_cert`, the clients') certificates.
+    pub ca_file: PathBuf,
+    /// Mutual TLS: refuse every connection without a certificate signed by
+    /// `ca_file` (clients, operators and peers alike).
+    pub require_client_cert: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
+}
+
+/// Access to `ringkv.v1.Admin`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// File holding the bearer token Admin calls must send as
+    /// `authorization: Bearer <token>`. Empty = no token (then only mutual
+    /// TLS, if on, guards the Admin API).
+    pub token_file: PathBuf,
 }
 
 /// Log output.
@@ -159,6 +196,8 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -242,6 +281,17 @@ impl Config {
                 "status_listen {:?} is not an ip:port address",
                 self.status_listen
             ));
+        }
+        let t = &self.tls;
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        if set(&t.cert_file) != set(&t.key_file) {
+            return bad("tls.cert_file and tls.key_file must be set together".into());
+        }
+        if t.enabled() && !set(&t.ca_file) {
+            return bad("tls.ca_file is required with TLS: peers verify each other with it".into());
+        }
+        if !t.enabled() && (set(&t.ca_file) || t.require_client_cert) {
+            return bad("tls.ca_file and tls.require_client_cert need tls.cert_file and tls.key_file".into());
         }
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));

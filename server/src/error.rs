@@ -46,6 +46,8 @@ pub enum ServerError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
 }
 
 impl ServerError {
@@ -62,6 +64,7 @@ impl ServerError {
             ServerError::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             ServerError::Storage(_) => ErrorCode::Storage,
             ServerError::Internal(_) => ErrorCode::Internal,
+            ServerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
         }
     }
 
@@ -138,6 +141,7 @@ impl ServerError {
             ServerError::Overloaded(_) => tonic::Code::ResourceExhausted,
             ServerError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             ServerError::Storage(_) | ServerError::Internal(_) => tonic::Code::Internal,
+            ServerError::Unauthenticated(_) => tonic::Code::Unauthenticated,
         };
         let detail = self.detail(epoch);
         let details = ringkv_proto::encode_status_details(code as i32, &detail);
@@ -182,6 +186,7 @@ impl ServerError {
             ErrorCode::DeadlineExceeded => ServerError::DeadlineExceeded(msg),
             ErrorCode::Storage => ServerError::Storage(msg),
             ErrorCode::Internal | ErrorCode::Unspecified => ServerError::Internal(msg),
+            ErrorCode::Unauthenticated => ServerError::Unauthenticated(msg),
         };
         Some((e, detail))
     }

@@ -20,3 +20,4 @@ pub mod raft;
 pub mod ring;
 pub mod service;
 pub mod storage;
+pub mod tls;

@@ -65,6 +65,21 @@ struct Args {
     /// Per-client burst above the rate.
     #[arg(long)]
     client_burst: Option<u32>,
+    /// PEM certificate chain of this node (enables TLS).
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long)]
+    tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle verifying peers (and clients with mutual TLS).
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// Mutual TLS: refuse connections without a certificate from the CA.
+    #[arg(long)]
+    tls_require_client_cert: bool,
+    /// File with the bearer token the Admin API requires.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -100,6 +115,13 @@ impl Args {
         set!(self.slow_request_ms, c.log.slow_request_ms);
         set!(self.client_requests_per_second, c.limits.client_requests_per_second);
         set!(self.client_burst, c.limits.client_burst);
+        set!(self.tls_cert_file, c.tls.cert_file);
+        set!(self.tls_key_file, c.tls.key_file);
+        set!(self.tls_ca_file, c.tls.ca_file);
+        set!(self.admin_token_file, c.admin.token_file);
+        if self.tls_require_client_cert {
+            c.tls.require_client_cert = true;
+        }
         if let Some(f) = self.log_format {
             c.log.format = if f == "json" { LogFormat::Json } else { LogFormat::Text };
         }

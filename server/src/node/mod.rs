@@ -65,6 +65,10 @@ pub enum NodeError {
     Storage(#[from] crate::storage::StorageError),
     #[error("raft: {0}")]
     Raft(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot read admin token: {0}")]
+    AdminToken(String),
     #[error("data dir belongs to node {found}, not node {configured}")]
     WrongNode { found: u64, configured: u64 },
 }
@@ -110,6 +114,10 @@ pub struct Node {
     /// when this node is not a metadata member).
     pub meta_layout: Option<watch::Receiver<Option<ClusterLayout>>>,
     pub stats: NodeStats,
+    /// TLS settings of the gRPC server (`None` = plaintext).
+    pub tls: Option<crate::tls::TlsMaterial>,
+    /// Bearer token the Admin API requires (`None` = none).
+    pub admin_token: Option<String>,
     pub metrics: crate::metrics::Metrics,
     pub sm_stats: Arc<SmStats>,
 }
@@ -156,7 +164,8 @@ impl Node {
             return Err(NodeError::Raft(format!("invalid layout: {e}")));
         }
         let id = cfg.node_id;
-        let pool = PeerPool::new(id);
+        let tls = crate::tls::load(&cfg.tls)?;
+        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()));
         let sm_stats = Arc::new(SmStats::default());
         let mut groups: Vec<ShardInfo> = layout.shards_on(id).cloned().collect();
         if layout.meta_replicas.contains(&id) {
@@ -232,6 +241,7 @@ impl Node {
             gc.write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
                 .await?;
         }
+        let admin_token = read_admin_token(&cfg.admin.token_file)?;
         let node = Arc::new(Node {
             id,
             cfg,
@@ -242,6 +252,8 @@ impl Node {
             shards,
             meta_layout,
             stats: NodeStats::default(),
+            tls,
+            admin_token,
             metrics: crate::metrics::Metrics::default(),
             sm_stats,
         });
@@ -518,6 +530,33 @@ async fn install_layout(node: Arc<Node>) {
             return; // the metadata group shut down
         }
     }
+}
+
+/// Largest admin token file accepted.
+const ADMIN_TOKEN_BYTES_MAX: u64 = 4096;
+/// Shortest admin token accepted.
+const ADMIN_TOKEN_CHARS_MIN: usize = 16;
+
+/// Reads the Admin bearer token (trimmed), if a file is configured.
+fn read_admin_token(path: &std::path::Path) -> Result<Option<String>, NodeError> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| NodeError::AdminToken(format!("{shown}: {e}")))?;
+    if meta.len() > ADMIN_TOKEN_BYTES_MAX {
+        return Err(NodeError::AdminToken(format!(
+            "{shown} is larger than {ADMIN_TOKEN_BYTES_MAX} bytes"
+        )));
+    }
+    let token = std::fs::read_to_string(path).map_err(|e| NodeError::AdminToken(format!("{shown}: {e}")))?;
+    let token = token.trim().to_string();
+    if token.len() < ADMIN_TOKEN_CHARS_MIN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(NodeError::AdminToken(format!(
+            "{shown}: the token must be at least {ADMIN_TOKEN_CHARS_MIN} characters without spaces"
+        )));
+    }
+    Ok(Some(token))
 }
 
 /// Wall-clock milliseconds since the Unix epoch.

@@ -91,14 +91,17 @@ pub struct Peer {
 /// Every peer connection of a node.
 pub struct PeerPool {
     local_id: NodeId,
+    /// TLS towards peers (`None` = plaintext).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     pub stats: Arc<NetStats>,
 }
 
 impl PeerPool {
-    pub fn new(local_id: NodeId) -> Arc<Self> {
+    pub fn new(local_id: NodeId, tls: Option<tonic::transport::ClientTlsConfig>) -> Arc<Self> {
         Arc::new(Self {
             local_id,
+            tls,
             peers: Mutex::new(HashMap::new()),
             stats: Arc::new(NetStats::default()),
         })
@@ -117,8 +120,15 @@ impl PeerPool {
                 return Ok(p.clone());
             }
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad address {addr:?} of node {node_id}: {e}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("bad address {addr:?} of node {node_id}: {e}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS settings for node {node_id}: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))

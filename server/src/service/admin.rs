@@ -23,6 +23,29 @@ use crate::ring::META_SHARD_ID;
 /// Longest `TriggerSnapshot` waits for the snapshot to be built.
 pub const TRIGGER_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 
+/// Checks the `authorization: Bearer <token>` metadata of an Admin call
+/// when a token is configured. Compares in constant time.
+#[allow(clippy::result_large_err)] // the interceptor signature is tonic's
+pub fn authorize(token: Option<&str>, epoch: u64, req: Request<()>) -> Result<Request<()>, Status> {
+    let Some(token) = token else { return Ok(req) };
+    let sent = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (sent.as_bytes(), token.as_bytes());
+    let same = a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if same {
+        Ok(req)
+    } else {
+        Err(ServerError::Unauthenticated(
+            "ringkv.v1.Admin needs the metadata 'authorization: Bearer <token>' with the configured admin token".into(),
+        )
+        .to_status(epoch))
+    }
+}
+
 pub struct AdminService {
     pub node: Arc<Node>,
 }

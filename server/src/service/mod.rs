@@ -40,7 +40,11 @@ pub async fn serve(
     let kv = KvServer::new(kv::KvService::new(node.clone()))
         .max_decoding_message_size(grpc_max)
         .max_encoding_message_size(grpc_max);
-    let admin = AdminServer::new(admin::AdminService { node: node.clone() });
+    let token = node.admin_token.clone();
+    let epoch = node.epoch();
+    let admin = AdminServer::with_interceptor(admin::AdminService { node: node.clone() }, move |req| {
+        admin::authorize(token.as_deref(), epoch, req)
+    });
     let transport = RaftTransportServer::new(transport::TransportService { node: node.clone() })
         .max_decoding_message_size(TRANSPORT_GRPC_BYTES_MAX)
         .max_encoding_message_size(TRANSPORT_GRPC_BYTES_MAX);
@@ -61,6 +65,17 @@ pub async fn serve(
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)));
+    match &node.tls {
+        Some(tls) => {
+            builder = builder.tls_config(tls.server.clone())?;
+            let mtls = node.cfg.tls.require_client_cert;
+            tracing::info!(mutual_tls = mtls, "serving gRPC over TLS");
+        }
+        None => tracing::warn!("serving plaintext gRPC (no TLS): fine on loopback, not across a network"),
+    }
+    if node.admin_token.is_none() && !node.cfg.tls.require_client_cert {
+        tracing::warn!("ringkv.v1.Admin is open to anyone who reaches this port (no admin token, no mutual TLS)");
+    }
     let mut router = builder
         .add_service(kv)
         .add_service(admin)

@@ -61,6 +61,19 @@ pub struct Opts {
     pub env: BTreeMap<u64, Vec<(String, String)>>,
     /// Give every node a status HTTP port (`NodeProc::status_addr`).
     pub status_ports: bool,
+    /// TLS the harness's own connections use (the nodes get their TLS
+    /// flags through `extra_args`).
+    pub tls: Option<ClientTls>,
+}
+
+/// What the harness presents when the cluster runs TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: String,
+    /// Client certificate and key (for mutual TLS).
+    pub identity: Option<(String, String)>,
+    /// Bearer token for Admin calls.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Opts {
@@ -71,6 +84,7 @@ impl Default for Opts {
             extra_args: vec![],
             env: BTreeMap::new(),
             status_ports: false,
+            tls: None,
         }
     }
 }
@@ -248,10 +262,17 @@ impl Cluster {
     }
 
     async fn connect(&self, id: u64) -> Option<Channel> {
-        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(id)))
-            .ok()?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(RPC_TIMEOUT);
+        let scheme = if self.opts.tls.is_some() { "https" } else { "http" };
+        let mut ep = tonic::transport::Endpoint::from_shared(format!("{scheme}://{}", self.addr(id))).ok()?;
+        if let Some(t) = &self.opts.tls {
+            let mut cfg = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem));
+            if let Some((cert, key)) = &t.identity {
+                cfg = cfg.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            ep = ep.tls_config(cfg).ok()?;
+        }
+        let ep = ep.connect_timeout(Duration::from_secs(2)).timeout(RPC_TIMEOUT);
         ep.connect().await.ok()
     }
 
@@ -263,9 +284,19 @@ impl Cluster {
         self.channel(id).await.map(AdminClient::new)
     }
 
+    /// An Admin request carrying the admin token, when there is one.
+    pub fn admin_request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(token) = self.opts.tls.as_ref().and_then(|t| t.admin_token.as_ref()) {
+            let v = format!("Bearer {token}").parse().expect("token is valid metadata");
+            r.metadata_mut().insert("authorization", v);
+        }
+        r
+    }
+
     pub async fn status(&self, id: u64) -> Option<ClusterStatusResponse> {
         let mut a = self.admin(id).await?;
-        a.cluster_status(ClusterStatusRequest {})
+        a.cluster_status(self.admin_request(ClusterStatusRequest {}))
             .await
             .ok()
             .map(|r| r.into_inner())
@@ -368,7 +399,10 @@ impl Cluster {
 
     pub async fn node_stats(&self, id: u64) -> Option<NodeStatsResponse> {
         let mut a = self.admin(id).await?;
-        a.node_stats(NodeStatsRequest {}).await.ok().map(|r| r.into_inner())
+        a.node_stats(self.admin_request(NodeStatsRequest {}))
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     fn dump_logs(&self) {
