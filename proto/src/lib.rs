@@ -63,3 +63,16 @@ pub fn decode_error_detail(status_details: &[u8]) -> Option<v1::ErrorDetail> {
     let any = st.details.iter().find(|a| a.type_url == ERROR_DETAIL_TYPE_URL)?;
     v1::ErrorDetail::decode(any.value.as_slice()).ok()
 }
+
+/// The crc32 an `ExportShardChunk` carries: over its pairs in order, each
+/// as `u32-BE(len key) key u32-BE(len value) value`.
+pub fn export_chunk_crc(pairs: &[v1::KeyValue]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for p in pairs {
+        h.update(&(p.key.len() as u32).to_be_bytes());
+        h.update(&p.key);
+        h.update(&(p.value.len() as u32).to_be_bytes());
+        h.update(&p.value);
+    }
+    h.finalize()
+}

@@ -504,6 +504,52 @@ async fn initialize_group(raft: Raft, shard: u64, members: BTreeMap<u64, BasicNo
     }
 }
 
+/// Most bytes of pairs in one export chunk.
+pub const EXPORT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+
+/// Streams every pair of `shard_id` on this replica, in key order, from one
+/// RocksDB snapshot, as chunks of at most [`EXPORT_CHUNK_BYTES_MAX`] bytes
+/// (or one pair, if larger). Blocking: run it on a blocking thread. Stops
+/// early, without error, when the receiver is gone.
+pub fn export_local(
+    db: &Db,
+    shard_id: u64,
+    mut send: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
+) -> Result<(), ServerError> {
+    let upper = keys::shard_prefix(shard_id + 1).to_vec();
+    let from = keys::shard_prefix(shard_id);
+    let snap = db.raw().snapshot();
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(upper);
+    opts.set_snapshot(&snap);
+    let it = db.raw().iterator_cf_opt(
+        db.cf(Cf::KeyIndex),
+        opts,
+        rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+    );
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for item in it {
+        let (k, _) = item.map_err(|e| ServerError::Storage(e.into_string()))?;
+        let key = &k[8..];
+        let dk = keys::data_key(crate::ring::token_of(key), key);
+        let v = snap
+            .get_cf(db.cf(Cf::Data), &dk)
+            .map_err(|e| ServerError::Storage(e.into_string()))?
+            .ok_or_else(|| ServerError::Storage(format!("key index of shard {shard_id} names a key without data")))?;
+        if bytes > 0 && bytes + key.len() + v.len() > EXPORT_CHUNK_BYTES_MAX {
+            if !send(std::mem::take(&mut chunk)) {
+                return Ok(());
+            }
+            bytes = 0;
+        }
+        bytes += key.len() + v.len();
+        chunk.push((key.to_vec(), v));
+    }
+    send(chunk);
+    Ok(())
+}
+
 /// Installs the bootstrap layout into the metadata group once, from its leader.
 async fn install_layout(node: Arc<Node>) {
     let Some(mut installed) = node.meta_layout.clone() else {

@@ -79,8 +79,59 @@ impl AdminService {
     }
 }
 
+/// Chunks an export may run ahead of the caller.
+const EXPORT_QUEUE_CHUNKS: usize = 4;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type ExportShardStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExportShardChunk, Status>> + Send>>;
+
+    async fn export_shard(
+        &self,
+        request: Request<ExportShardRequest>,
+    ) -> Result<Response<Self::ExportShardStream>, Status> {
+        let id = request.into_inner().shard_id;
+        let node = self.node.clone();
+        let epoch = node.epoch();
+        if !node.layout.shards.contains_key(&id) {
+            return Err(ServerError::WrongShard { shard_id: id, epoch }.to_status(epoch));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_millis(node.cfg.raft.leader_wait_ms);
+        node.read_barrier(id, crate::node::ReadConsistency::Linearizable, deadline)
+            .await
+            .map_err(|e| e.to_status(epoch))?;
+        let applied_index = node
+            .shards
+            .get(&id)
+            .and_then(|s| s.raft.metrics().borrow().last_applied)
+            .map_or(0, |l| l.index);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportShardChunk, Status>>(EXPORT_QUEUE_CHUNKS);
+        tokio::task::spawn_blocking(move || {
+            let chunk = |pairs: Vec<(Vec<u8>, Vec<u8>)>, last: bool| {
+                let pairs: Vec<KeyValue> = pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
+                ExportShardChunk {
+                    shard_id: id,
+                    applied_index,
+                    crc32: ringkv_proto::export_chunk_crc(&pairs),
+                    pairs,
+                    last,
+                }
+            };
+            let mut pending: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;
+            // Hold one chunk back so the final one can be marked `last`.
+            let res = crate::node::export_local(&node.db, id, |pairs| {
+                let prev = pending.replace(pairs);
+                prev.is_none_or(|p| tx.blocking_send(Ok(chunk(p, false))).is_ok())
+            });
+            let end = match res {
+                Ok(()) => Ok(chunk(pending.unwrap_or_default(), true)),
+                Err(e) => Err(e.to_status(epoch)),
+            };
+            let _ = tx.blocking_send(end);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<ClusterStatusRequest>,
