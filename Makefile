@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # cargo parallelises the builds itself.
 .NOTPARALLEL:
 
-.PHONY: all deps build playground playground-clean fmt-check clippy test
+.PHONY: all deps build playground playground-clean fmt-check clippy test bench-compare bench-compare-quick
 
 all: build
 
@@ -43,3 +43,11 @@ clippy: deps
 test: deps fmt-check clippy
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace -- --test-threads=1
+
+# ringkv vs a 3-member etcd vs local RocksDB on this machine; report in
+# bench/results/<timestamp>/. bench-compare-quick takes under 3 minutes.
+bench-compare: build
+	scripts/bench-compare.sh
+
+bench-compare-quick: build
+	scripts/bench-compare.sh --quick

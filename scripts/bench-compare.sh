@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# make bench-compare: a fresh 3-node ringkv and a fresh 3-member etcd on
+# loopback (fsync on for both), the same records and workloads run against
+# each in turn, plus the local RocksDB ceiling, then a report in
+# bench/results/<timestamp>/ (results.json, results.md, throughput.svg).
+#
+#   scripts/bench-compare.sh [--quick]
+#
+# --quick: 3 workloads, 5 s runs (under 3 minutes); default: 6 workloads,
+# 20 s runs (under 15 minutes). Everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'bench-compare: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+if [[ $QUICK -eq 1 ]]; then
+    WORKLOADS=(write a c); SECONDS_RUN=5; WARMUP=1; RECORDS=5000
+else
+    WORKLOADS=(write a b c d f); SECONDS_RUN=20; WARMUP=3; RECORDS=20000
+fi
+CLIENTS=${BENCH_CLIENTS:-64}
+VALUE_BYTES=${BENCH_VALUE_BYTES:-100}
+
+TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/ringkv/target}
+SERVER=$TARGET/release/ringkv-server
+BENCH=$TARGET/release/ringkv-bench
+[[ -x $SERVER && -x $BENCH ]] || die "build first: cargo build --release -p ringkv-server -p ringkv-bench"
+
+# etcd 3.4 from Debian is the peer.
+if ! command -v etcd >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing etcd-server"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+    else
+        die "etcd is missing; run: sudo apt-get install -y etcd-server"
+    fi
+fi
+
+WORK=$(mktemp -d /tmp/ringkv-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Ports away from the playground's 5005x and etcd's default 2379/2380.
+RK=(127.0.0.1:51061 127.0.0.1:51062 127.0.0.1:51063)
+EC=(127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793)
+EP=(127.0.0.1:23801 127.0.0.1:23802 127.0.0.1:23803)
+INITIAL="1=${RK[0]},2=${RK[1]},3=${RK[2]}"
+for i in 0 1 2; do
+    "$SERVER" --node-id $((i + 1)) --listen "${RK[$i]}" --data-dir "$WORK/ringkv$((i + 1))" \
+        --initial-cluster "$INITIAL" --shards 16 >"$WORK/ringkv$((i + 1)).log" 2>&1 &
+    PIDS+=($!)
+done
+ETCD_CLUSTER="e1=http://${EP[0]},e2=http://${EP[1]},e3=http://${EP[2]}"
+for i in 0 1 2; do
+    etcd --name "e$((i + 1))" --data-dir "$WORK/etcd$((i + 1))" \
+        --listen-client-urls "http://${EC[$i]}" --advertise-client-urls "http://${EC[$i]}" \
+        --listen-peer-urls "http://${EP[$i]}" --initial-advertise-peer-urls "http://${EP[$i]}" \
+        --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new --initial-cluster-token ringkv-bench \
+        --logger zap --log-level warn >"$WORK/etcd$((i + 1)).log" 2>&1 &
+    PIDS+=($!)
+done
+
+# Ready: a write must succeed on each system (bounded wait).
+ready() {
+    local backend=$1 endpoints=$2 deadline=$((SECONDS + 120))
+    until "$BENCH" run --backend "$backend" --endpoints "$endpoints" --workload write --records 2 \
+        --concurrency 1 --seconds 1 --warmup-seconds 0 >/dev/null 2>&1; do
+        [[ $SECONDS -lt $deadline ]] || die "$backend not ready within 120 s (logs in $WORK)"
+        sleep 0.5
+    done
+}
+RK_EP=$(IFS=,; echo "${RK[*]}")
+EC_EP=$(IFS=,; echo "${EC[*]}")
+ready ringkv-forward "$RK_EP"
+ready etcd "$EC_EP"
+log "ringkv and etcd are up"
+
+OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+RESULTS=$OUT/runs.jsonl
+declare -A LOADED=()
+run() {
+    local backend=$1 endpoints=$2 workload=$3 load=()
+    if [[ -z "${LOADED[$backend]:-}" ]]; then load=(--load); LOADED[$backend]=1; fi
+    "$BENCH" run --backend "$backend" --endpoints "$endpoints" --data-dir "$WORK/local" \
+        --workload "$workload" --records "$RECORDS" --value-bytes "$VALUE_BYTES" --concurrency "$CLIENTS" \
+        --seconds "$SECONDS_RUN" --warmup-seconds "$WARMUP" "${load[@]}" --out "$RESULTS"
+}
+for w in "${WORKLOADS[@]}"; do
+    # Alternate the systems within each workload.
+    run ringkv-forward "$RK_EP" "$w"
+    run etcd "$EC_EP" "$w"
+    run rocksdb-local "" "$w"
+done
+"$BENCH" report --results "$RESULTS" --out-dir "$OUT"
+log "report written to $OUT (results.md, results.json, throughput.svg)"
