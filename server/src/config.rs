@@ -55,6 +55,7 @@ pub struct Config {
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
+    pub testing: TestingConfig,
 }
 
 /// Raft timing and log compaction, applied to every shard group.
@@ -132,6 +133,17 @@ impl TlsConfig {
     }
 }
 
+/// Deliberately broken behaviour for fault-testing the fault tests. Never
+/// set in production: the node logs an error at startup when any is on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Serve "linearizable" reads from the local replica without a
+    /// ReadIndex round, on any replica: reads may be stale. The Jepsen
+    /// harness must catch this.
+    pub unsafe_reads_without_read_index: bool,
+}
+
 /// Access to `ringkv.v1.Admin`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -198,6 +210,7 @@ impl Default for Config {
             log: LogConfig::default(),
             tls: TlsConfig::default(),
             admin: AdminConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 }

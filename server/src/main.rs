@@ -80,6 +80,10 @@ struct Args {
     /// File with the bearer token the Admin API requires.
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// TESTING ONLY: serve linearizable reads without ReadIndex (stale
+    /// reads possible), so fault tests can prove they catch it.
+    #[arg(long, hide = true)]
+    unsafe_reads_without_read_index: bool,
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
@@ -119,6 +123,9 @@ impl Args {
         set!(self.tls_key_file, c.tls.key_file);
         set!(self.tls_ca_file, c.tls.ca_file);
         set!(self.admin_token_file, c.admin.token_file);
+        if self.unsafe_reads_without_read_index {
+            c.testing.unsafe_reads_without_read_index = true;
+        }
         if self.tls_require_client_cert {
             c.tls.require_client_cert = true;
         }
@@ -166,6 +173,9 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let cfg = Args::parse().into_config()?;
     init_logging(cfg.log.format);
+    if cfg.testing.unsafe_reads_without_read_index {
+        tracing::error!("TESTING MODE: linearizable reads skip ReadIndex and may be stale; never use in production");
+    }
     let listen = cfg.listen.clone();
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
