@@ -119,6 +119,11 @@ pub struct Node {
     /// Bearer token the Admin API requires (`None` = none).
     pub admin_token: Option<String>,
     pub metrics: crate::metrics::Metrics,
+    /// Set once the metadata group's committed layout is known to equal this
+    /// node's bootstrap layout. Until then data writes are refused: a node
+    /// bootstrapped with other flags must never apply writes with other
+    /// shard ranges than its peers.
+    layout_confirmed: std::sync::atomic::AtomicBool,
     pub sm_stats: Arc<SmStats>,
 }
 
@@ -255,10 +260,16 @@ impl Node {
             tls,
             admin_token,
             metrics: crate::metrics::Metrics::default(),
+            layout_confirmed: std::sync::atomic::AtomicBool::new(false),
             sm_stats,
         });
         if node.shards.contains_key(&META_SHARD_ID) {
             tokio::spawn(install_layout(node.clone()));
+            tokio::spawn(confirm_layout(node.clone()));
+        } else {
+            // Not a metadata member: nothing local to compare with (nodes
+            // beyond the first three; see the closing notes of issue 2).
+            node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
         }
         Ok(node)
     }
@@ -355,6 +366,12 @@ impl Node {
         deadline: Instant,
     ) -> Result<RaftResponse, ServerError> {
         let shard = self.hosted(shard_id)?;
+        if shard_id != META_SHARD_ID && !self.layout_confirmed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ServerError::ShardUnavailable {
+                shard_id,
+                reason: "the cluster layout is not yet confirmed by the metadata group".into(),
+            });
+        }
         self.ensure_leader(shard, deadline).await?;
         let req = RaftRequest {
             command,
@@ -576,6 +593,35 @@ async fn install_layout(node: Arc<Node>) {
             return; // the metadata group shut down
         }
     }
+}
+
+/// Waits for the metadata group's layout and compares it with this node's:
+/// equal, writes open; different, the node was started with other
+/// `initial_cluster`/`shards` than the cluster and exits before it can
+/// apply a write with the wrong shard ranges.
+async fn confirm_layout(node: Arc<Node>) {
+    let Some(mut installed) = node.meta_layout.clone() else {
+        return;
+    };
+    let committed = match installed.wait_for(|l| l.is_some()).await {
+        Ok(l) => l.clone(),
+        Err(_) => return, // shutting down
+    };
+    let Some(committed) = committed else { return };
+    if committed == *node.layout {
+        node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(epoch = committed.epoch, "cluster layout confirmed");
+        return;
+    }
+    tracing::error!(
+        local_shards = node.layout.shards.len(),
+        cluster_shards = committed.shards.len(),
+        local_nodes = ?node.layout.nodes,
+        cluster_nodes = ?committed.nodes,
+        "this node was bootstrapped with a different initial_cluster or shard count than the cluster; \
+         refusing to serve: wipe its data dir and start it with the cluster's flags"
+    );
+    std::process::exit(2);
 }
 
 /// Largest admin token file accepted.
