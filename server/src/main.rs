@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(addr = %node.cfg.status_listen, "status port serving /metrics and /healthz");
         tokio::spawn(ringkv_server::service::status::serve(node.clone(), l));
     }
-    tracing::info!(node = node.id, %listen, shards = node.shards.len(), "ringkv-server serving");
+    tracing::info!(node = node.id, %listen, shards = node.shard_list().len(), "ringkv-server serving");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(ringkv_server::service::serve(node.clone(), listener, async {
         let _ = stop_rx.await;

@@ -200,8 +200,8 @@ pub fn render(node: &Node) -> String {
 
 fn render_raft(node: &Node, node_label: &str, out: &mut String) {
     let shards: Vec<_> = node
-        .shards
-        .values()
+        .shard_list()
+        .iter()
         .map(|s| (s.id, s.raft.metrics().borrow().clone()))
         .collect();
     family(

@@ -106,10 +106,12 @@ pub struct Node {
     pub db: Arc<Db>,
     pub gc: GroupCommit,
     pub pool: Arc<PeerPool>,
-    /// The ring this node routes with (fixed at bootstrap in this version).
-    pub layout: Arc<ClusterLayout>,
-    /// Hosted shards by id, the metadata group included.
-    pub shards: BTreeMap<u64, Arc<Shard>>,
+    /// The ring this node routes with: the bootstrap layout, replaced by
+    /// newer layouts the metadata group commits. Never held across an await.
+    layout: std::sync::RwLock<Arc<ClusterLayout>>,
+    /// Hosted shards by id, the metadata group included. Never held across
+    /// an await.
+    shards: std::sync::RwLock<BTreeMap<u64, Arc<Shard>>>,
     /// Layout installed in the metadata group (`None` until committed, or
     /// when this node is not a metadata member).
     pub meta_layout: Option<watch::Receiver<Option<ClusterLayout>>>,
@@ -253,8 +255,8 @@ impl Node {
             db,
             gc,
             pool,
-            layout: Arc::new(layout),
-            shards,
+            layout: std::sync::RwLock::new(Arc::new(layout)),
+            shards: std::sync::RwLock::new(shards),
             meta_layout,
             stats: NodeStats::default(),
             tls,
@@ -263,7 +265,7 @@ impl Node {
             layout_confirmed: std::sync::atomic::AtomicBool::new(false),
             sm_stats,
         });
-        if node.shards.contains_key(&META_SHARD_ID) {
+        if node.hosts(META_SHARD_ID) {
             tokio::spawn(install_layout(node.clone()));
             tokio::spawn(confirm_layout(node.clone()));
         } else {
@@ -274,9 +276,34 @@ impl Node {
         Ok(node)
     }
 
+    /// The current routing layout.
+    pub fn layout(&self) -> Arc<ClusterLayout> {
+        self.layout.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A hosted shard.
+    pub fn shard(&self, id: u64) -> Option<Arc<Shard>> {
+        self.shards.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    /// Whether this node hosts a replica of `id`.
+    pub fn hosts(&self, id: u64) -> bool {
+        self.shards.read().unwrap_or_else(|p| p.into_inner()).contains_key(&id)
+    }
+
+    /// Every hosted shard, the metadata group included, by id.
+    pub fn shard_list(&self) -> Vec<Arc<Shard>> {
+        self.shards
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Stops every Raft group.
     pub async fn shutdown(&self) {
-        for s in self.shards.values() {
+        for s in self.shard_list() {
             if let Err(e) = s.raft.shutdown().await {
                 tracing::warn!(shard = s.id, error = %e, "raft shutdown");
             }
@@ -284,24 +311,24 @@ impl Node {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.layout.epoch
+        self.layout().epoch
     }
 
     /// The data shard owning `key`.
     pub fn shard_for_key(&self, key: &[u8]) -> Result<u64, ServerError> {
-        self.layout
+        self.layout()
             .shard_for_key(key)
             .ok_or_else(|| ServerError::Internal("ring does not cover a token".into()))
     }
 
     pub fn addr_of(&self, node_id: u64) -> Option<String> {
-        self.layout.nodes.get(&node_id).cloned()
+        self.layout().nodes.get(&node_id).cloned()
     }
 
     /// A best guess of the leader of a shard this node does not host.
     pub fn remote_hint(&self, shard_id: u64) -> ServerError {
         let first = self
-            .layout
+            .layout()
             .shards
             .get(&shard_id)
             .and_then(|s| s.replicas.first().copied());
@@ -319,8 +346,8 @@ impl Node {
         }
     }
 
-    fn hosted(&self, shard_id: u64) -> Result<&Arc<Shard>, ServerError> {
-        match self.shards.get(&shard_id) {
+    fn hosted(&self, shard_id: u64) -> Result<Arc<Shard>, ServerError> {
+        match self.shard(shard_id) {
             Some(s) => Ok(s),
             None => Err(self.remote_hint(shard_id)),
         }
@@ -372,7 +399,7 @@ impl Node {
                 reason: "the cluster layout is not yet confirmed by the metadata group".into(),
             });
         }
-        self.ensure_leader(shard, deadline).await?;
+        self.ensure_leader(&shard, deadline).await?;
         let req = RaftRequest {
             command,
             session,
@@ -437,7 +464,7 @@ impl Node {
         if consistency == ReadConsistency::Stale || self.cfg.testing.unsafe_reads_without_read_index {
             return Ok(());
         }
-        self.ensure_leader(shard, deadline).await?;
+        self.ensure_leader(&shard, deadline).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         shard.reads.linearize(left).await.map_err(|reason| {
             if Instant::now() >= deadline {
@@ -577,11 +604,11 @@ async fn install_layout(node: Arc<Node>) {
             return;
         }
         let deadline = Instant::now() + Duration::from_millis(node.cfg.raft.leader_wait_ms);
-        let cmd = Command::InitCluster((*node.layout).clone());
+        let cmd = Command::InitCluster((*node.layout()).clone());
         match node.write(META_SHARD_ID, cmd, None, deadline).await {
             Ok(_) => {
                 tracing::info!(
-                    epoch = node.layout.epoch,
+                    epoch = node.layout().epoch,
                     "cluster layout installed in the metadata group"
                 );
                 return;
@@ -608,15 +635,16 @@ async fn confirm_layout(node: Arc<Node>) {
         Err(_) => return, // shutting down
     };
     let Some(committed) = committed else { return };
-    if committed == *node.layout {
+    let local = node.layout();
+    if committed == *local {
         node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(epoch = committed.epoch, "cluster layout confirmed");
         return;
     }
     tracing::error!(
-        local_shards = node.layout.shards.len(),
+        local_shards = local.shards.len(),
         cluster_shards = committed.shards.len(),
-        local_nodes = ?node.layout.nodes,
+        local_nodes = ?local.nodes,
         cluster_nodes = ?committed.nodes,
         "this node was bootstrapped with a different initial_cluster or shard count than the cluster; \
          refusing to serve: wipe its data dir and start it with the cluster's flags"

@@ -68,7 +68,7 @@ impl AdminService {
             ranges: ranges(rs),
             ..ShardStatus::default()
         };
-        if let Some(s) = self.node.shards.get(&id) {
+        if let Some(s) = self.node.shard(id) {
             let m = s.raft.metrics().borrow().clone();
             st.hosted_here = true;
             st.leader_id = m.current_leader.unwrap_or(0);
@@ -93,7 +93,7 @@ impl Admin for AdminService {
         let id = request.into_inner().shard_id;
         let node = self.node.clone();
         let epoch = node.epoch();
-        if !node.layout.shards.contains_key(&id) {
+        if !node.layout().shards.contains_key(&id) {
             return Err(ServerError::WrongShard { shard_id: id, epoch }.to_status(epoch));
         }
         let deadline = std::time::Instant::now() + Duration::from_millis(node.cfg.raft.leader_wait_ms);
@@ -101,8 +101,7 @@ impl Admin for AdminService {
             .await
             .map_err(|e| e.to_status(epoch))?;
         let applied_index = node
-            .shards
-            .get(&id)
+            .shard(id)
             .and_then(|s| s.raft.metrics().borrow().last_applied)
             .map_or(0, |l| l.index);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportShardChunk, Status>>(EXPORT_QUEUE_CHUNKS);
@@ -136,7 +135,7 @@ impl Admin for AdminService {
         &self,
         _request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        let l = &self.node.layout;
+        let l = self.node.layout();
         let shards = l
             .shards
             .values()
@@ -160,12 +159,12 @@ impl Admin for AdminService {
 
     async fn node_stats(&self, _request: Request<NodeStatsRequest>) -> Result<Response<NodeStatsResponse>, Status> {
         let n = &self.node;
-        let leading = n
-            .shards
-            .values()
+        let hosted = n.shard_list();
+        let leading = hosted
+            .iter()
             .filter(|s| s.id != META_SHARD_ID && s.raft.metrics().borrow().current_leader == Some(n.id))
             .count();
-        let (rounds, reads) = n.shards.values().fold((0, 0), |(a, b), s| {
+        let (rounds, reads) = hosted.iter().fold((0, 0), |(a, b), s| {
             (
                 a + s.reads.rounds.load(Ordering::Relaxed),
                 b + s.reads.reads.load(Ordering::Relaxed),
@@ -175,7 +174,7 @@ impl Admin for AdminService {
         Ok(Response::new(NodeStatsResponse {
             node_id: n.id,
             resident_memory_bytes: resident_memory_bytes(),
-            shards_hosted: n.shards.keys().filter(|id| **id != META_SHARD_ID).count() as u64,
+            shards_hosted: hosted.iter().filter(|s| s.id != META_SHARD_ID).count() as u64,
             shards_leading: leading as u64,
             log_write_requests: n.gc.stats.requests.load(Ordering::Relaxed),
             wal_syncs: n.gc.stats.syncs.load(Ordering::Relaxed),
@@ -198,7 +197,7 @@ impl Admin for AdminService {
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let id = request.into_inner().shard_id;
         let epoch = self.node.epoch();
-        let Some(shard) = self.node.shards.get(&id) else {
+        let Some(shard) = self.node.shard(id) else {
             return Err(ServerError::UnknownShard {
                 shard_id: id,
                 node_id: self.node.id,

@@ -785,7 +785,7 @@ impl KvService {
         }
         let asked = r.header.as_ref().map_or(0, |h| h.shard_id);
         let shards: Vec<u64> = if asked != 0 {
-            if !self.node.layout.shards.contains_key(&asked) {
+            if !self.node.layout().shards.contains_key(&asked) {
                 return Err(self.status(ServerError::WrongShard {
                     shard_id: asked,
                     epoch: self.node.epoch(),
@@ -793,7 +793,7 @@ impl KvService {
             }
             vec![asked]
         } else {
-            self.node.layout.shards.keys().copied().collect()
+            self.node.layout().shards.keys().copied().collect()
         };
         let parts = futures::future::join_all(
             shards

@@ -96,8 +96,8 @@ pub async fn serve(
 async fn report_health(node: Arc<Node>, reporter: tonic_health::server::HealthReporter) {
     loop {
         let all_led = node
-            .shards
-            .values()
+            .shard_list()
+            .iter()
             .all(|s| s.raft.metrics().borrow().current_leader.is_some());
         let status = if all_led {
             tonic_health::ServingStatus::Serving

@@ -62,7 +62,7 @@ impl TransportService {
     }
 
     async fn handle(&self, m: RaftMessage) -> RaftReply {
-        let Some(shard) = self.node.shards.get(&m.shard_id) else {
+        let Some(shard) = self.node.shard(m.shard_id) else {
             return error_reply(
                 ErrorCode::UnknownShard,
                 format!("shard {} is not hosted on node {}", m.shard_id, self.node.id),
@@ -128,7 +128,7 @@ impl RaftTransport for TransportService {
                 ),
             );
         }
-        let Some(shard) = self.node.shards.get(&chunk.shard_id) else {
+        let Some(shard) = self.node.shard(chunk.shard_id) else {
             return refuse(
                 ErrorCode::UnknownShard,
                 format!("shard {} is not hosted on node {}", chunk.shard_id, self.node.id),
