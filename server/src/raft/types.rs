@@ -4,8 +4,6 @@
 //! Owns the shape of a log entry's payload. Does not execute commands: the
 //! state machine (`storage::state_machine`) does.
 
-use std::io::Cursor;
-
 use serde::Deserialize;
 use serde::Serialize;
 
@@ -19,7 +17,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

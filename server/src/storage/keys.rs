@@ -11,6 +11,8 @@ pub const META_APPLIED: u8 = b'a';
 pub const META_SESSION: u8 = b's';
 pub const META_SNAPSHOT: u8 = b'S';
 pub const META_LAYOUT: u8 = b'L';
+/// A snapshot install in progress (redone at open after a crash).
+pub const META_INSTALLING: u8 = b'I';
 
 /// Pseudo shard id for node-wide records in `meta`.
 pub const NODE_RECORDS: u64 = u64::MAX;

@@ -17,6 +17,7 @@ pub mod group_commit;
 pub mod keys;
 pub mod log_store;
 pub mod snapshot;
+pub mod snapshot_files;
 pub mod state_machine;
 
 use std::path::Path;
@@ -83,6 +84,9 @@ impl From<rocksdb::Error> for StorageError {
 /// The node's database.
 pub struct Db {
     db: DB,
+    /// The data directory (RocksDB lives in `rocksdb/` below it, snapshot
+    /// files in `snapshots/`).
+    root: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Db {
@@ -112,7 +116,10 @@ impl Db {
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&db_opts, dir.join("rocksdb"), cfs)?;
-        Ok(Arc::new(Self { db }))
+        Ok(Arc::new(Self {
+            db,
+            root: dir.to_path_buf(),
+        }))
     }
 
     pub fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -136,6 +143,19 @@ impl Db {
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// The node's data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Writes a batch and waits for its WAL sync, bypassing group commit
+    /// (for rare records that must be durable before the caller goes on).
+    pub fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 
     pub fn raw(&self) -> &DB {

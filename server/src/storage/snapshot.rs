@@ -1,4 +1,5 @@
-//! The snapshot byte format of a shard.
+//! The snapshot format of a shard, written and read as a stream so a
+//! snapshot never has to fit in memory.
 //!
 //! ```text
 //! "RKVS" version:u8
@@ -6,7 +7,13 @@
 //! 0xFF crc32:u32   (crc32 of every byte before the 0xFF end tag)
 //! ```
 //! Integers are big endian. The trailing crc32 protects the whole snapshot
-//! end to end; transport chunks carry their own crc32 as well.
+//! end to end; transport chunks carry their own crc32 as well. Readers check
+//! the crc32 in a first pass ([`verify`]) before anything is installed.
+
+use std::io::BufReader;
+use std::io::BufWriter;
+use std::io::Read;
+use std::io::Write;
 
 use super::StorageError;
 
@@ -15,6 +22,8 @@ const VERSION: u8 = 1;
 const END_TAG: u8 = 0xFF;
 /// Largest key or value a record may carry; protects readers from garbage.
 pub const RECORD_PART_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Buffer size of snapshot file readers and writers.
+const IO_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Kinds of records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,42 +51,6 @@ impl RecordTag {
     }
 }
 
-/// Appends records to a snapshot buffer.
-pub struct SnapshotWriter {
-    buf: Vec<u8>,
-}
-
-impl Default for SnapshotWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl SnapshotWriter {
-    pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(4096);
-        buf.extend_from_slice(MAGIC);
-        buf.push(VERSION);
-        Self { buf }
-    }
-
-    pub fn record(&mut self, tag: RecordTag, key: &[u8], value: &[u8]) {
-        assert!(key.len() <= RECORD_PART_BYTES_MAX && value.len() <= RECORD_PART_BYTES_MAX);
-        self.buf.push(tag as u8);
-        self.buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        self.buf.extend_from_slice(key);
-        self.buf.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        self.buf.extend_from_slice(value);
-    }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        let crc = crc32fast::hash(&self.buf);
-        self.buf.push(END_TAG);
-        self.buf.extend_from_slice(&crc.to_be_bytes());
-        self.buf
-    }
-}
-
 fn corrupt(detail: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         what: "snapshot",
@@ -85,84 +58,191 @@ fn corrupt(detail: impl Into<String>) -> StorageError {
     }
 }
 
-/// One parsed record: tag, key, value (borrowed from the snapshot bytes).
-pub type Record<'a> = (RecordTag, &'a [u8], &'a [u8]);
+fn io(e: std::io::Error) -> StorageError {
+    StorageError::Rocks(format!("snapshot file: {e}"))
+}
 
-/// Validates a whole snapshot and returns its records.
-pub fn parse(bytes: &[u8]) -> Result<Vec<Record<'_>>, StorageError> {
-    if bytes.len() < MAGIC.len() + 1 + 5 || &bytes[..4] != MAGIC {
-        return Err(corrupt("missing header"));
+/// Writes a snapshot to any `Write`, computing its crc32 as it goes.
+pub struct SnapshotWriter<W: Write> {
+    out: BufWriter<W>,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    pub fn new(out: W) -> Result<Self, StorageError> {
+        let mut w = Self {
+            out: BufWriter::with_capacity(IO_BUFFER_BYTES, out),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        };
+        w.put(MAGIC)?;
+        w.put(&[VERSION])?;
+        Ok(w)
     }
-    if bytes[4] != VERSION {
-        return Err(corrupt(format!("unsupported version {}", bytes[4])));
+
+    fn put(&mut self, b: &[u8]) -> Result<(), StorageError> {
+        self.crc.update(b);
+        self.bytes += b.len() as u64;
+        self.out.write_all(b).map_err(io)
     }
-    let body_end = bytes.len() - 5;
-    if bytes[body_end] != END_TAG {
-        return Err(corrupt("missing end tag"));
+
+    pub fn record(&mut self, tag: RecordTag, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        assert!(key.len() <= RECORD_PART_BYTES_MAX && value.len() <= RECORD_PART_BYTES_MAX);
+        self.put(&[tag as u8])?;
+        self.put(&(key.len() as u32).to_be_bytes())?;
+        self.put(key)?;
+        self.put(&(value.len() as u32).to_be_bytes())?;
+        self.put(value)
     }
-    let mut crc_bytes = [0u8; 4];
-    crc_bytes.copy_from_slice(&bytes[body_end + 1..]);
-    let want = u32::from_be_bytes(crc_bytes);
-    let got = crc32fast::hash(&bytes[..body_end]);
-    if want != got {
-        return Err(corrupt(format!(
-            "crc32 mismatch: stored {want:08x}, computed {got:08x}"
-        )));
+
+    /// Writes the end tag and crc32; returns the writer and the total size.
+    pub fn finish(mut self) -> Result<(W, u64), StorageError> {
+        let crc = self.crc.clone().finalize();
+        self.out.write_all(&[END_TAG]).map_err(io)?;
+        self.out.write_all(&crc.to_be_bytes()).map_err(io)?;
+        let total = self.bytes + 5;
+        let inner = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        Ok((inner, total))
     }
-    let mut out = Vec::new();
-    let mut pos = 5;
-    let take = |pos: &mut usize, n: usize| -> Result<&[u8], StorageError> {
-        let end = pos
-            .checked_add(n)
-            .filter(|e| *e <= body_end)
-            .ok_or_else(|| corrupt("record overruns body"))?;
-        let s = &bytes[*pos..end];
-        *pos = end;
-        Ok(s)
-    };
-    let take_len = |pos: &mut usize| -> Result<usize, StorageError> {
-        let b = take(pos, 4)?;
-        let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+}
+
+/// One record: tag, key, value.
+pub type Record = (RecordTag, Vec<u8>, Vec<u8>);
+
+/// Reads records of a snapshot from any `Read`. The caller must have run
+/// [`verify`] over the same bytes first; the reader still refuses anything
+/// malformed, never panics, and checks the crc32 once more at the end.
+pub struct SnapshotReader<R: Read> {
+    input: BufReader<R>,
+    crc: crc32fast::Hasher,
+    done: bool,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    pub fn new(input: R) -> Result<Self, StorageError> {
+        let mut r = Self {
+            input: BufReader::with_capacity(IO_BUFFER_BYTES, input),
+            crc: crc32fast::Hasher::new(),
+            done: false,
+        };
+        let mut head = [0u8; 5];
+        r.take(&mut head)?;
+        if &head[..4] != MAGIC {
+            return Err(corrupt("missing header"));
+        }
+        if head[4] != VERSION {
+            return Err(corrupt(format!("unsupported version {}", head[4])));
+        }
+        Ok(r)
+    }
+
+    fn take(&mut self, buf: &mut [u8]) -> Result<(), StorageError> {
+        self.input
+            .read_exact(buf)
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        self.crc.update(buf);
+        Ok(())
+    }
+
+    fn take_vec(&mut self) -> Result<Vec<u8>, StorageError> {
+        let mut len = [0u8; 4];
+        self.take(&mut len)?;
+        let n = u32::from_be_bytes(len) as usize;
         if n > RECORD_PART_BYTES_MAX {
             return Err(corrupt("record part too large"));
         }
-        Ok(n)
-    };
-    while pos < body_end {
-        let tag = RecordTag::from_u8(take(&mut pos, 1)?[0]).ok_or_else(|| corrupt("unknown record tag"))?;
-        let kl = take_len(&mut pos)?;
-        let k = take(&mut pos, kl)?;
-        let vl = take_len(&mut pos)?;
-        let v = take(&mut pos, vl)?;
-        out.push((tag, k, v));
+        let mut v = vec![0u8; n];
+        self.take(&mut v)?;
+        Ok(v)
     }
-    Ok(out)
+
+    /// The next record, or `None` after the end tag (whose crc32 matched).
+    pub fn next_record(&mut self) -> Result<Option<Record>, StorageError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut tag = [0u8; 1];
+        self.input
+            .read_exact(&mut tag)
+            .map_err(|e| corrupt(format!("truncated: {e}")))?;
+        if tag[0] == END_TAG {
+            let mut crc = [0u8; 4];
+            self.input
+                .read_exact(&mut crc)
+                .map_err(|e| corrupt(format!("truncated crc: {e}")))?;
+            let want = u32::from_be_bytes(crc);
+            let got = self.crc.clone().finalize();
+            if want != got {
+                return Err(corrupt(format!(
+                    "crc32 mismatch: stored {want:08x}, computed {got:08x}"
+                )));
+            }
+            let mut extra = [0u8; 1];
+            if self.input.read(&mut extra).map_err(io)? != 0 {
+                return Err(corrupt("bytes after the end"));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        self.crc.update(&tag);
+        let tag = RecordTag::from_u8(tag[0]).ok_or_else(|| corrupt("unknown record tag"))?;
+        let k = self.take_vec()?;
+        let v = self.take_vec()?;
+        Ok(Some((tag, k, v)))
+    }
+}
+
+/// Reads a whole snapshot once and checks its structure and crc32; returns
+/// the number of records.
+pub fn verify(input: impl Read) -> Result<u64, StorageError> {
+    let mut r = SnapshotReader::new(input)?;
+    let mut n = 0;
+    while r.next_record()?.is_some() {
+        n += 1;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn sample() -> Vec<u8> {
+        let mut w = SnapshotWriter::new(Vec::new()).unwrap();
+        w.record(RecordTag::Data, b"k1", b"v1").unwrap();
+        w.record(RecordTag::Session, &[9; 16], b"").unwrap();
+        let (bytes, total) = w.finish().unwrap();
+        assert_eq!(total, bytes.len() as u64);
+        bytes
+    }
+
     #[test]
     fn round_trip_and_crc_detects_any_flip() {
-        let mut w = SnapshotWriter::new();
-        w.record(RecordTag::Data, b"k1", b"v1");
-        w.record(RecordTag::Session, &[9; 16], b"");
-        let bytes = w.finish();
-        let recs = parse(&bytes).unwrap();
-        assert_eq!(recs.len(), 2);
-        assert_eq!(recs[0], (RecordTag::Data, &b"k1"[..], &b"v1"[..]));
+        let bytes = sample();
+        let mut r = SnapshotReader::new(&bytes[..]).unwrap();
+        assert_eq!(
+            r.next_record().unwrap(),
+            Some((RecordTag::Data, b"k1".to_vec(), b"v1".to_vec()))
+        );
+        assert_eq!(r.next_record().unwrap().unwrap().0, RecordTag::Session);
+        assert_eq!(r.next_record().unwrap(), None);
+        assert_eq!(verify(&bytes[..]).unwrap(), 2);
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x40;
-            assert!(parse(&b).is_err(), "flip at {i} not detected");
+            assert!(verify(&b[..]).is_err(), "flip at {i} not detected");
         }
-        assert!(parse(&bytes[..bytes.len() - 1]).is_err());
-        assert!(parse(b"").is_err());
+        assert!(verify(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(verify(&longer[..]).is_err());
+        assert!(verify(&b""[..]).is_err());
     }
 
     #[test]
     fn empty_snapshot_is_valid() {
-        assert!(parse(&SnapshotWriter::new().finish()).unwrap().is_empty());
+        let (bytes, _) = SnapshotWriter::new(Vec::new()).unwrap().finish().unwrap();
+        assert_eq!(verify(&bytes[..]).unwrap(), 0);
     }
 }

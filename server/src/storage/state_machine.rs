@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,11 +26,15 @@ use openraft::OptionalSend;
 use openraft::RaftSnapshotBuilder;
 use serde::Deserialize;
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
 use tokio::sync::watch;
 
 use super::keys;
 use super::snapshot;
 use super::snapshot::RecordTag;
+use super::snapshot_files;
+use super::snapshot_files::SnapshotFiles;
 use super::to_raft_err;
 use super::Cf;
 use super::Db;
@@ -57,6 +60,8 @@ use crate::ring::META_SHARD_ID;
 /// writes to one shard in flight; beyond it the oldest result is forgotten
 /// (a retry of it is then refused as stale, never applied twice).
 pub const SESSION_RESPONSES_MAX: usize = 256;
+/// A snapshot install writes its records in batches of about this size.
+pub const INSTALL_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Expired sessions are deleted physically every this many applied entries.
 pub const SESSION_GC_INTERVAL_ENTRIES: u64 = 4096;
 /// Most expired sessions deleted by one GC pass (bounds the pass's batch).
@@ -112,6 +117,9 @@ pub struct ShardStateMachine {
     stats: Arc<SmStats>,
     /// Metadata group only: the installed cluster layout.
     layout_tx: watch::Sender<Option<ClusterLayout>>,
+    files: SnapshotFiles,
+    /// The file the snapshot being received is written to.
+    receiving: Option<String>,
 }
 
 impl ShardStateMachine {
@@ -131,7 +139,9 @@ impl ShardStateMachine {
             None
         };
         let (layout_tx, _) = watch::channel(layout);
-        Ok(Self {
+        let files = SnapshotFiles::open(db.root(), shard)
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let mut sm = Self {
             shard,
             db,
             ranges,
@@ -139,7 +149,22 @@ impl ShardStateMachine {
             state,
             stats,
             layout_tx,
-        })
+            files,
+            receiving: None,
+        };
+        // A crash in the middle of installing a snapshot: finish the job
+        // from the file before anyone reads this shard.
+        let marker: Option<(SnapshotMeta, String)> = read_meta(
+            &sm.db,
+            &keys::tagged(shard, keys::META_INSTALLING),
+            "snapshot install marker",
+        )?;
+        if let Some((meta, name)) = marker {
+            tracing::warn!(shard, snapshot = %meta.snapshot_id, "redoing an interrupted snapshot install");
+            sm.apply_snapshot_file(&meta, &name)?;
+        }
+        sm.forget_other_snapshots();
+        Ok(sm)
     }
 
     /// Watches the cluster layout installed through the metadata group.
@@ -354,54 +379,6 @@ impl ShardStateMachine {
         Ok(())
     }
 
-    /// Builds the snapshot bytes of the current state.
-    fn snapshot_bytes(&self) -> Result<Vec<u8>, StorageError> {
-        let err = |e: rocksdb::Error| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
-        let snap = self.db.raw().snapshot();
-        let mut w = snapshot::SnapshotWriter::new();
-        w.record(RecordTag::Clock, b"", &self.state.clock_ms.to_be_bytes());
-        for r in &self.ranges {
-            let mut opts = rocksdb::ReadOptions::default();
-            opts.set_snapshot(&snap);
-            if let Some(end) = r.end {
-                opts.set_iterate_upper_bound(end.to_be_bytes().to_vec());
-            }
-            let from = r.start.to_be_bytes();
-            let it = self.db.raw().iterator_cf_opt(
-                self.db.cf(Cf::Data),
-                opts,
-                rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
-            );
-            for item in it {
-                let (k, v) = item.map_err(err)?;
-                let (_, key) = keys::split_data_key(&k)
-                    .ok_or_else(|| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, "malformed data key"))?;
-                w.record(RecordTag::Data, key, &v);
-            }
-        }
-        let prefix = keys::tagged(self.shard, keys::META_SESSION);
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_snapshot(&snap);
-        let it = self.db.raw().iterator_cf_opt(
-            self.db.cf(Cf::Meta),
-            opts,
-            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item.map_err(err)?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            w.record(RecordTag::Session, &k[prefix.len()..], &v);
-        }
-        if self.shard == META_SHARD_ID {
-            if let Some(l) = self.layout_tx.borrow().as_ref() {
-                w.record(RecordTag::Layout, b"", &encode(l));
-            }
-        }
-        Ok(w.finish())
-    }
-
     fn save_applied(&self, batch: &mut rocksdb::WriteBatch) {
         batch.put_cf(
             self.db.cf(Cf::Meta),
@@ -410,12 +387,113 @@ impl ShardStateMachine {
         );
     }
 
-    fn read_current_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    fn read_current_snapshot(&self) -> Result<Option<(SnapshotMeta, String)>, StorageError> {
         read_meta(
             &self.db,
             &keys::tagged(self.shard, keys::META_SNAPSHOT),
             "stored snapshot",
         )
+    }
+
+    /// Deletes every snapshot file but the current one.
+    fn forget_other_snapshots(&self) {
+        match self.read_current_snapshot() {
+            Ok(cur) => {
+                let keep: Vec<&str> = cur.iter().map(|(_, n)| n.as_str()).collect();
+                self.files.remove_all_except(&keep);
+            }
+            Err(e) => tracing::warn!(shard = self.shard, error = %e, "cannot read the current snapshot record"),
+        }
+    }
+
+    /// Replaces the shard's state with the (already verified) snapshot file
+    /// `name`. Crash-safe: the install marker written before the first
+    /// batch is removed in the same batch as the new applied state, and
+    /// `open` redoes an install whose marker it finds. Blocking I/O.
+    fn apply_snapshot_file(&mut self, meta: &SnapshotMeta, name: &str) -> Result<(), StorageError> {
+        let sub = || ErrorSubject::Snapshot(Some(meta.signature()));
+        let rd = |e: String| to_raft_err(sub(), ErrorVerb::Read, e);
+        let wr = |e: super::StorageError| to_raft_err(sub(), ErrorVerb::Write, e);
+        let path = self.files.path(name);
+        let file = std::fs::File::open(&path).map_err(|e| rd(format!("{}: {e}", path.display())))?;
+        let mut reader = snapshot::SnapshotReader::new(file).map_err(|e| rd(e.to_string()))?;
+
+        // First batch: clear the shard's data, key index and sessions.
+        let mut batch = rocksdb::WriteBatch::default();
+        let data = self.db.cf(Cf::Data);
+        for r in &self.ranges {
+            let from = r.start.to_be_bytes().to_vec();
+            match r.end {
+                Some(end) => batch.delete_range_cf(data, from, end.to_be_bytes().to_vec()),
+                None => {
+                    // delete_range needs an exclusive end: cover every key
+                    // starting with token u64::MAX explicitly.
+                    batch.delete_range_cf(data, from, u64::MAX.to_be_bytes().to_vec());
+                    let it = self.db.raw().prefix_iterator_cf(data, u64::MAX.to_be_bytes());
+                    for item in it {
+                        let (k, _) = item.map_err(|e| rd(e.to_string()))?;
+                        if !k.starts_with(&u64::MAX.to_be_bytes()) {
+                            break;
+                        }
+                        batch.delete_cf(data, &k);
+                    }
+                }
+            }
+        }
+        let index_from = keys::shard_prefix(self.shard).to_vec();
+        let index_to = keys::shard_prefix(self.shard + 1).to_vec();
+        batch.delete_range_cf(self.db.cf(Cf::KeyIndex), index_from, index_to);
+        let sess = keys::tagged(self.shard, keys::META_SESSION);
+        let sess_end = keys::tagged(self.shard, keys::META_SESSION + 1);
+        batch.delete_range_cf(self.db.cf(Cf::Meta), sess.to_vec(), sess_end.to_vec());
+
+        let mut clock_ms = 0;
+        let mut layout = None;
+        let mut overlay = Overlay::default();
+        while let Some((tag, k, v)) = reader.next_record().map_err(|e| rd(e.to_string()))? {
+            match tag {
+                RecordTag::Data => self.put(&mut batch, &mut overlay, &k, &v),
+                RecordTag::Session => {
+                    let id: [u8; 16] = k[..]
+                        .try_into()
+                        .map_err(|_| rd("snapshot session record with a bad client id".into()))?;
+                    batch.put_cf(self.db.cf(Cf::Meta), keys::session_key(self.shard, &id), &v);
+                }
+                RecordTag::Clock => {
+                    let b: [u8; 8] = v[..]
+                        .try_into()
+                        .map_err(|_| rd("snapshot clock record of the wrong size".into()))?;
+                    clock_ms = u64::from_be_bytes(b);
+                }
+                RecordTag::Layout => {
+                    let l: ClusterLayout = decode(&v).map_err(|e| rd(format!("snapshot layout record: {e}")))?;
+                    batch.put_cf(self.db.cf(Cf::Meta), keys::tagged(META_SHARD_ID, keys::META_LAYOUT), &v);
+                    layout = Some(l);
+                }
+            }
+            // The overlay only serves reads within one apply; drop it here.
+            overlay.data.clear();
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES_MAX {
+                self.db.write_unsynced(std::mem::take(&mut batch)).map_err(wr)?;
+            }
+        }
+        self.state = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            clock_ms,
+        };
+        self.save_applied(&mut batch);
+        batch.put_cf(
+            self.db.cf(Cf::Meta),
+            keys::tagged(self.shard, keys::META_SNAPSHOT),
+            encode(&(meta, name)),
+        );
+        batch.delete_cf(self.db.cf(Cf::Meta), keys::tagged(self.shard, keys::META_INSTALLING));
+        self.db.write_unsynced(batch).map_err(wr)?;
+        if layout.is_some() {
+            self.layout_tx.send_replace(layout);
+        }
+        Ok(())
     }
 }
 
@@ -446,31 +524,48 @@ fn read_layout(db: &Db) -> Result<Option<ClusterLayout>, StorageError> {
     read_meta(db, &keys::tagged(META_SHARD_ID, keys::META_LAYOUT), "layout")
 }
 
-/// Builds a snapshot from bytes captured when openraft asked for a builder.
+/// Finishes a snapshot whose RocksDB view was taken when openraft asked
+/// for the builder; the file is written by a thread of its own.
 pub struct ShardSnapshotBuilder {
     shard: u64,
     db: Arc<Db>,
     meta: SnapshotMeta,
-    bytes: Result<Vec<u8>, StorageError>,
+    name: String,
+    files: SnapshotFiles,
+    written: Option<oneshot::Receiver<Result<u64, super::StorageError>>>,
     stats: Arc<SmStats>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let bytes = std::mem::replace(&mut self.bytes, Ok(Vec::new()))?;
+        let err = |e: String| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e);
+        let written = self
+            .written
+            .take()
+            .ok_or_else(|| err("snapshot builder used twice".into()))?;
+        let bytes = written
+            .await
+            .map_err(|_| err("snapshot writer thread died".into()))?
+            .map_err(|e| err(e.to_string()))?;
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(
             self.db.cf(Cf::Meta),
             keys::tagged(self.shard, keys::META_SNAPSHOT),
-            encode(&(&self.meta, &bytes)),
+            encode(&(&self.meta, &self.name)),
         );
-        self.db
-            .write_unsynced(batch)
-            .map_err(|e| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        // Unsynced is enough: the log is purged only by a later synced
+        // write, which makes this one durable first (the WAL is ordered).
+        self.db.write_unsynced(batch).map_err(|e| err(e.to_string()))?;
+        self.files.remove_all_except(&[&self.name]);
         self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(shard = self.shard, snapshot = %self.meta.snapshot_id, bytes, "snapshot built");
+        let path = self.files.path(&self.name);
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(f),
         })
     }
 }
@@ -523,10 +618,6 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Captured here, on the state machine's task, so the bytes match
-        // `last_applied` exactly even though building continues elsewhere.
-        // A read error is handed to `build_snapshot`, which reports it.
-        let bytes = self.snapshot_bytes();
         let last = self.state.last_applied;
         let meta = SnapshotMeta {
             last_log_id: last,
@@ -538,105 +629,147 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 last.map_or(0, |l| l.index)
             ),
         };
+        let name = snapshot_files::snapshot_name(last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index));
+        // The writer thread takes the RocksDB snapshot and tells us; we wait
+        // only for that (while no entry applies), so the view matches
+        // `last_applied` exactly, and the file is written meanwhile.
+        let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let (done_tx, done_rx) = oneshot::channel();
+        let db = self.db.clone();
+        let files = self.files.clone();
+        let (shard, ranges, clock_ms) = (self.shard, self.ranges.clone(), self.state.clock_ms);
+        let layout = self.layout_tx.borrow().clone();
+        let file_name = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("ringkv-snapshot-{shard}"))
+            .spawn(move || {
+                let snap = db.raw().snapshot();
+                let _ = taken_tx.send(());
+                let content = snapshot_files::SnapshotContent {
+                    shard,
+                    ranges: &ranges,
+                    clock_ms,
+                    layout: layout.as_ref().filter(|_| shard == META_SHARD_ID),
+                };
+                let _ = done_tx.send(snapshot_files::write_snapshot(&db, &snap, &content, &files, &file_name));
+            });
+        let written = match spawned {
+            Ok(_) => {
+                // Err only if the thread died before taking the snapshot;
+                // build_snapshot then reports the dropped sender.
+                let _ = taken_rx.recv();
+                Some(done_rx)
+            }
+            Err(e) => {
+                tracing::error!(shard = self.shard, error = %e, "cannot start the snapshot writer thread");
+                None
+            }
+        };
         ShardSnapshotBuilder {
             shard: self.shard,
             db: self.db.clone(),
             meta,
-            bytes,
+            name,
+            files: self.files.clone(),
+            written,
             stats: self.stats.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let (name, f) = self
+            .files
+            .new_incoming()
+            .map_err(|e| to_raft_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        if let Some(old) = self.receiving.replace(name) {
+            // An abandoned transfer.
+            let _ = std::fs::remove_file(self.files.path(&old));
+        }
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let bytes = snapshot.into_inner();
         let sub = || ErrorSubject::Snapshot(Some(meta.signature()));
-        let records = snapshot::parse(&bytes).map_err(|e| to_raft_err(sub(), ErrorVerb::Read, e))?;
-        let mut batch = rocksdb::WriteBatch::default();
-        let data = self.db.cf(Cf::Data);
-        for r in &self.ranges {
-            let from = r.start.to_be_bytes().to_vec();
-            match r.end {
-                Some(end) => batch.delete_range_cf(data, from, end.to_be_bytes().to_vec()),
-                None => {
-                    // delete_range needs an exclusive end: cover every key
-                    // starting with token u64::MAX explicitly.
-                    batch.delete_range_cf(data, from, u64::MAX.to_be_bytes().to_vec());
-                    let it = self.db.raw().prefix_iterator_cf(data, u64::MAX.to_be_bytes());
-                    for item in it {
-                        let (k, _) = item.map_err(|e| to_raft_err(sub(), ErrorVerb::Read, e))?;
-                        if !k.starts_with(&u64::MAX.to_be_bytes()) {
-                            break;
-                        }
-                        batch.delete_cf(data, &k);
-                    }
-                }
-            }
-        }
-        let index_from = keys::shard_prefix(self.shard).to_vec();
-        let index_to = keys::shard_prefix(self.shard + 1).to_vec();
-        batch.delete_range_cf(self.db.cf(Cf::KeyIndex), index_from, index_to);
-        let sess = keys::tagged(self.shard, keys::META_SESSION);
-        let sess_end = keys::tagged(self.shard, keys::META_SESSION + 1);
-        batch.delete_range_cf(self.db.cf(Cf::Meta), sess.to_vec(), sess_end.to_vec());
-        let mut clock_ms = 0;
-        let mut layout = None;
-        let mut overlay = Overlay::default();
-        for (tag, k, v) in records {
-            match tag {
-                RecordTag::Data => self.put(&mut batch, &mut overlay, k, v),
-                RecordTag::Session => {
-                    let id: [u8; 16] = k
-                        .try_into()
-                        .map_err(|_| to_raft_err(sub(), ErrorVerb::Read, "session record with a bad client id"))?;
-                    batch.put_cf(self.db.cf(Cf::Meta), keys::session_key(self.shard, &id), v);
-                }
-                RecordTag::Clock => {
-                    let b: [u8; 8] = v
-                        .try_into()
-                        .map_err(|_| to_raft_err(sub(), ErrorVerb::Read, "bad clock record"))?;
-                    clock_ms = u64::from_be_bytes(b);
-                }
-                RecordTag::Layout => {
-                    let l: ClusterLayout =
-                        decode(v).map_err(|e| to_raft_err(sub(), ErrorVerb::Read, format!("decode layout: {e}")))?;
-                    batch.put_cf(self.db.cf(Cf::Meta), keys::tagged(META_SHARD_ID, keys::META_LAYOUT), v);
-                    layout = Some(l);
-                }
-            }
-        }
-        self.state = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-            clock_ms,
+        let err = |verb, e: String| to_raft_err(sub(), verb, e);
+        let mut f = *snapshot;
+        f.flush().await.map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
+        f.sync_all().await.map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
+        let mut src = f.into_std().await;
+        // Normally openraft hands back the file `begin_receiving_snapshot`
+        // made; anything else (another snapshot's file) is copied into a
+        // new incoming file first, so the install always has its own file.
+        let receiving = self.receiving.take();
+        let same_file = |name: &String| {
+            use std::os::unix::fs::MetadataExt;
+            let (Ok(a), Ok(b)) = (src.metadata(), std::fs::metadata(self.files.path(name))) else {
+                return false;
+            };
+            a.dev() == b.dev() && a.ino() == b.ino()
         };
-        self.save_applied(&mut batch);
-        batch.put_cf(
+        let incoming = match receiving {
+            Some(name) if same_file(&name) => name,
+            other => {
+                if let Some(stale) = other {
+                    let _ = std::fs::remove_file(self.files.path(&stale));
+                }
+                let (name, mut copy) = self
+                    .files
+                    .new_incoming()
+                    .map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
+                std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(0))
+                    .and_then(|_| std::io::copy(&mut src, &mut copy))
+                    .and_then(|_| copy.sync_all())
+                    .map_err(|e| err(ErrorVerb::Write, format!("copy received snapshot: {e}")))?;
+                name
+            }
+        };
+        drop(src);
+        // Check the whole file before touching anything.
+        let path = self.files.path(&incoming);
+        let file = std::fs::File::open(&path).map_err(|e| err(ErrorVerb::Read, format!("{}: {e}", path.display())))?;
+        if let Err(e) = snapshot::verify(file) {
+            let _ = std::fs::remove_file(&path);
+            return Err(err(ErrorVerb::Read, e.to_string()));
+        }
+        let last = meta.last_log_id;
+        let name = snapshot_files::snapshot_name(last.map_or(0, |l| l.leader_id.term), last.map_or(0, |l| l.index));
+        self.files
+            .publish(&incoming, &name)
+            .map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
+        let mut marker = rocksdb::WriteBatch::default();
+        marker.put_cf(
             self.db.cf(Cf::Meta),
-            keys::tagged(self.shard, keys::META_SNAPSHOT),
-            encode(&(meta, &bytes)),
+            keys::tagged(self.shard, keys::META_INSTALLING),
+            encode(&(meta, &name)),
         );
         self.db
-            .write_unsynced(batch)
-            .map_err(|e| to_raft_err(sub(), ErrorVerb::Write, e))?;
-        if layout.is_some() {
-            self.layout_tx.send_replace(layout);
-        }
+            .write_synced(marker)
+            .map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
+        self.apply_snapshot_file(meta, &name)?;
+        self.forget_other_snapshots();
         self.stats.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.read_current_snapshot()?.map(|(meta, bytes)| Snapshot {
+        let Some((meta, name)) = self.read_current_snapshot()? else {
+            return Ok(None);
+        };
+        let path = self.files.path(&name);
+        let f = tokio::fs::File::open(&path).await.map_err(|e| {
+            to_raft_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                format!("{}: {e}", path.display()),
+            )
+        })?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(f),
         }))
     }
 }
@@ -897,31 +1030,38 @@ mod tests {
             ),
         ])
         .await;
-        let snap = a.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        let bytes = snap.snapshot.into_inner();
+        let mut snap = a.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut *snap.snapshot, &mut bytes)
+            .await
+            .unwrap();
+        assert!(bytes.starts_with(b"RKVS"));
         assert_eq!(a.sm.stats.snapshots_built.load(Ordering::Relaxed), 1);
         let stored = a.sm.get_current_snapshot().await.unwrap().expect("stored snapshot");
         assert_eq!(stored.meta, snap.meta);
 
         let mut b = fixture(whole_ring());
         b.apply(vec![req(put("stale", "gone"), None, 1)]).await;
+        // Receive the way openraft does: into the file begin_receiving gave.
+        async fn receive(sm: &mut ShardStateMachine, bytes: &[u8]) -> Box<tokio::fs::File> {
+            let mut f = sm.begin_receiving_snapshot().await.unwrap();
+            f.write_all(bytes).await.unwrap();
+            f
+        }
         let mut bad = bytes.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 1;
-        assert!(b
-            .sm
-            .install_snapshot(&snap.meta, Box::new(Cursor::new(bad)))
-            .await
-            .is_err());
+        let f = receive(&mut b.sm, &bad).await;
+        assert!(b.sm.install_snapshot(&snap.meta, f).await.is_err());
         assert_eq!(
             b.value("stale"),
             Some(b"gone".to_vec()),
             "a refused snapshot changes nothing"
         );
 
-        b.sm.install_snapshot(&snap.meta, Box::new(Cursor::new(bytes)))
-            .await
-            .unwrap();
+        let f = receive(&mut b.sm, &bytes).await;
+        b.sm.install_snapshot(&snap.meta, f).await.unwrap();
+        assert!(b.sm.get_current_snapshot().await.unwrap().is_some());
         assert_eq!(b.value("stale"), None);
         assert_eq!(b.value("x"), Some(b"1".to_vec()));
         assert_eq!(b.value("z"), Some(b"3".to_vec()));
@@ -937,5 +1077,38 @@ mod tests {
         let idx = b.db.get(Cf::KeyIndex, &keys::index_key(1, b"y")).unwrap();
         assert!(idx.is_some());
         assert!(b.db.get(Cf::KeyIndex, &keys::index_key(1, b"stale")).unwrap().is_none());
+        // Only the current snapshot file is kept.
+        let files = std::fs::read_dir(b.db.root().join("snapshots/shard-1"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_at_open() {
+        let mut a = fixture(whole_ring());
+        a.apply(vec![req(put("k", "v"), None, 5)]).await;
+        let snap = a.sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let (_, name) = a.sm.read_current_snapshot().unwrap().unwrap();
+        // Simulate a crash right after the marker was written on another
+        // replica: the marker names the published file, data not applied.
+        let mut b = fixture(whole_ring());
+        let dst = b.sm.files.path(&name);
+        std::fs::copy(a.sm.files.path(&name), &dst).unwrap();
+        let mut marker = rocksdb::WriteBatch::default();
+        marker.put_cf(
+            b.db.cf(Cf::Meta),
+            keys::tagged(1, keys::META_INSTALLING),
+            encode(&(&snap.meta, &name)),
+        );
+        b.db.write_synced(marker).unwrap();
+        b.sm = ShardStateMachine::open(1, b.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        assert_eq!(b.sm.state.last_applied, snap.meta.last_log_id);
+        assert_eq!(b.value("k"), Some(b"v".to_vec()));
+        assert!(b
+            .db
+            .get(Cf::Meta, &keys::tagged(1, keys::META_INSTALLING))
+            .unwrap()
+            .is_none());
     }
 }
