@@ -68,6 +68,7 @@ struct Ctx {
 impl Ctx {
     fn set_shard(&self, shard: u64) {
         self.shard.store(shard, Ordering::Relaxed);
+        tracing::Span::current().record("shard", shard);
     }
 }
 
@@ -848,7 +849,14 @@ macro_rules! observed {
             $(
                 async fn $name(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
                     let started = Instant::now();
-                    let r = self.$inner(request).await;
+                    // One span per request; the shard is recorded once routed.
+                    let span = tracing::debug_span!(
+                        "kv",
+                        method = Method::$method.name(),
+                        shard = tracing::field::Empty,
+                        forwarded = request.metadata().contains_key(FORWARDED_METADATA_KEY)
+                    );
+                    let r = tracing::Instrument::instrument(self.$inner(request), span).await;
                     observe(&self.node, Method::$method, started, &r);
                     r
                 }
