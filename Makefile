@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # cargo parallelises the builds itself.
 .NOTPARALLEL:
 
-.PHONY: all deps build playground playground-clean fmt-check clippy test bench-compare bench-compare-quick
+.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick
 
 all: build
 
@@ -40,7 +40,12 @@ clippy: deps
 
 # Integration tests start real 3-node clusters of the ringkv-server binary
 # (built first, so every crate's tests find it): one test at a time.
-test: deps fmt-check clippy
+# Static checks of deploy/ (Docker cannot run here): hadolint, yamllint,
+# shellcheck, compose/k8s consistency, dashboard metric names.
+lint-deploy:
+	scripts/lint-deploy.sh
+
+test: deps fmt-check clippy lint-deploy
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace -- --test-threads=1
 
