@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # cargo parallelises the builds itself.
 .NOTPARALLEL:
 
-.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick
+.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick jepsen
 
 all: build
 
@@ -56,3 +56,12 @@ bench-compare: build
 
 bench-compare-quick: build
 	scripts/bench-compare.sh --quick
+
+# Fault-injection runs on a local cluster, about 5 minutes: register, set
+# and counter under kill -9 and under pause. Histories and results in
+# ./data/jepsen/<workload>-<nemesis>/. (Partitions are still to come.)
+jepsen: build
+	@set -e; for w in register set counter; do for n in kill pause; do \
+		$(CARGO_TARGET_DIR)/release/ringkv-jepsen run --workload $$w --nemesis $$n \
+			--time-limit 45 --out ./data/jepsen/$$w-$$n; \
+	done; done

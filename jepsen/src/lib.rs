@@ -12,5 +12,7 @@
 //! `workload`) produce histories in the format of [`history`] and feed them to [`checker::check`].
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
 pub mod report;
+pub mod runner;

@@ -30,6 +30,49 @@ enum Command {
     ///
     /// Exit status: 0 valid, 1 invalid, 2 unknown, 3 usage/parse error.
     Check(CheckArgs),
+    /// Run a workload against a fresh local cluster under a nemesis, then
+    /// check it. Writes history.jsonl, results.json and node logs to --out.
+    ///
+    /// Exit status: 0 valid, 1 invalid, 2 unknown, 3 usage or setup error.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = RunWorkload::Register)]
+    workload: RunWorkload,
+    #[arg(long, value_enum, default_value_t = ringkv_jepsen::runner::Nemesis::Kill)]
+    nemesis: ringkv_jepsen::runner::Nemesis,
+    /// Seconds of load and faults.
+    #[arg(long, default_value_t = 60)]
+    time_limit: u64,
+    /// Seconds between two faults.
+    #[arg(long, default_value_t = 8)]
+    nemesis_interval: u64,
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    #[arg(long, default_value_t = 6)]
+    clients: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder for the history, results and node logs.
+    #[arg(long, default_value = "./data/jepsen")]
+    out: PathBuf,
+    /// The ringkv-server binary (default: next to this binary).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Extra flags for every server, e.g. --server-arg=--unsafe-reads-without-read-index.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunWorkload {
+    Register,
+    Set,
+    Counter,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,6 +116,47 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check(args) => check(&args),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let server = args.server.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("ringkv-server")))
+            .unwrap_or_else(|| PathBuf::from("ringkv-server"))
+    });
+    let cfg = ringkv_jepsen::runner::RunConfig {
+        server,
+        out: args.out,
+        workload: match args.workload {
+            RunWorkload::Register => Workload::Register,
+            RunWorkload::Set => Workload::Set,
+            RunWorkload::Counter => Workload::Counter,
+        },
+        nemesis: args.nemesis,
+        nodes: args.nodes,
+        shards: args.shards,
+        clients: args.clients,
+        time_limit: Duration::from_secs(args.time_limit),
+        nemesis_interval: Duration::from_secs(args.nemesis_interval),
+        seed: args.seed,
+        server_args: args.server_args,
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match rt.block_on(ringkv_jepsen::runner::run(cfg)) {
+        Ok(results) => ExitCode::from(results.valid.exit_code()),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
     }
 }
 

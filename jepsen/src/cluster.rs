@@ -1,0 +1,226 @@
+//! A ringkv cluster of real `ringkv-server` processes on loopback for a
+//! test run: start, kill -9, restart, pause (SIGSTOP) and resume (SIGCONT),
+//! and a wait for every shard to have a leader.
+//!
+//! Owns the processes and their data directories under the run's folder;
+//! every process is killed when the cluster is dropped. Network partitions
+//! (namespaces and iptables) are not here yet.
+
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::time::Duration;
+use std::time::Instant;
+
+use anyhow::Context;
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::ClusterStatusRequest;
+
+/// Longest wait for every shard to have a leader.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One node process.
+pub struct NodeProc {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The cluster under test.
+pub struct Cluster {
+    server: PathBuf,
+    initial_cluster: String,
+    shards: u32,
+    extra_args: Vec<String>,
+    pub nodes: Vec<NodeProc>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill").args([sig, &pid.to_string()]).status()?.success();
+    anyhow::ensure!(ok, "kill {sig} {pid} failed");
+    Ok(())
+}
+
+impl Cluster {
+    /// Starts `n` nodes with data under `dir` and waits until they are ready.
+    pub async fn start(server: &Path, dir: &Path, n: u64, shards: u32, extra_args: &[String]) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            server.exists(),
+            "{} not found: build ringkv-server first",
+            server.display()
+        );
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            nodes.push(NodeProc {
+                id,
+                addr: format!("127.0.0.1:{}", free_port()?),
+                data_dir: dir.join(format!("node{id}")),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            server: server.to_path_buf(),
+            initial_cluster,
+            shards,
+            extra_args: extra_args.to_vec(),
+            nodes,
+        };
+        for id in 1..=n {
+            c.spawn(id)?;
+        }
+        c.wait_ready().await?;
+        Ok(c)
+    }
+
+    fn node(&mut self, id: u64) -> &mut NodeProc {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let (server, initial, shards, extra) = (
+            self.server.clone(),
+            self.initial_cluster.clone(),
+            self.shards,
+            self.extra_args.clone(),
+        );
+        let n = self.node(id);
+        anyhow::ensure!(n.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let child = Command::new(&server)
+            .args(["--node-id", &id.to_string(), "--listen", &n.addr])
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(["--initial-cluster", &initial, "--shards", &shards.to_string()])
+            // Tolerant timeouts: two cores run the cluster, the clients and
+            // the nemesis.
+            .args(["--heartbeat-interval-ms", "200", "--election-timeout-ms-min", "1500"])
+            .args(["--election-timeout-ms-max", "3000"])
+            .args(&extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", server.display()))?;
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        let n = &self.nodes[(id - 1) as usize];
+        n.child.is_some() && !n.paused
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.node(id).child.is_none() {
+            self.spawn(id)?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.node(id);
+        if let Some(c) = &n.child {
+            signal(c.id(), "-STOP")?;
+            n.paused = true;
+        }
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.node(id);
+        if let Some(c) = &n.child {
+            signal(c.id(), "-CONT")?;
+            n.paused = false;
+        }
+        Ok(())
+    }
+
+    /// Resumes paused nodes and restarts killed ones.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        for id in 1..=self.nodes.len() as u64 {
+            self.resume(id)?;
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Waits until every running node sees a running leader for every shard
+    /// it hosts.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.ready_once().await {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "cluster not ready within {READY_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn ready_once(&self) -> bool {
+        let up: Vec<u64> = self.nodes.iter().filter(|n| self.is_up(n.id)).map(|n| n.id).collect();
+        for n in self.nodes.iter().filter(|n| self.is_up(n.id)) {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr)) else {
+                return false;
+            };
+            let Ok(ch) = ep.timeout(Duration::from_secs(2)).connect().await else {
+                return false;
+            };
+            let Ok(st) = AdminClient::new(ch).cluster_status(ClusterStatusRequest {}).await else {
+                return false;
+            };
+            let st = st.into_inner();
+            let all = st.shards.iter().chain(st.metadata.iter());
+            if all.filter(|s| s.hosted_here).any(|s| !up.contains(&s.leader_id)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                if n.paused {
+                    let _ = signal(c.id(), "-CONT");
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
