@@ -57,11 +57,12 @@ bench-compare: build
 bench-compare-quick: build
 	scripts/bench-compare.sh --quick
 
-# Fault-injection runs on a local cluster, about 5 minutes: register, set
-# and counter under kill -9 and under pause. Histories and results in
-# ./data/jepsen/<workload>-<nemesis>/. (Partitions are still to come.)
+# Fault-injection runs on a local cluster, about 6 minutes: register, set
+# and counter under kill -9, pause and network partitions (iptables in a
+# private network namespace; needs root). Histories and results in
+# ./data/jepsen/<workload>-<nemesis>/.
 jepsen: build
-	@set -e; for w in register set counter; do for n in kill pause; do \
+	@set -e; for w in register set counter; do for n in kill pause partition; do \
 		$(CARGO_TARGET_DIR)/release/ringkv-jepsen run --workload $$w --nemesis $$n \
-			--time-limit 45 --out ./data/jepsen/$$w-$$n; \
+			--time-limit 40 --out ./data/jepsen/$$w-$$n; \
 	done; done

@@ -40,6 +40,11 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
 }
 
+/// The address of node `id` inside a private network namespace.
+pub fn node_ip(id: u64) -> String {
+    format!("127.0.0.{}", 10 + id)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -52,7 +57,17 @@ fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
 
 impl Cluster {
     /// Starts `n` nodes with data under `dir` and waits until they are ready.
-    pub async fn start(server: &Path, dir: &Path, n: u64, shards: u32, extra_args: &[String]) -> anyhow::Result<Self> {
+    /// With `own_addresses` (inside a private network namespace) node `i`
+    /// listens on `127.0.0.(10+i):50051` and dials its peers from that
+    /// address, so firewall rules can cut single nodes off.
+    pub async fn start(
+        server: &Path,
+        dir: &Path,
+        n: u64,
+        shards: u32,
+        extra_args: &[String],
+        own_addresses: bool,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             server.exists(),
             "{} not found: build ringkv-server first",
@@ -60,9 +75,14 @@ impl Cluster {
         );
         let mut nodes = Vec::new();
         for id in 1..=n {
+            let addr = if own_addresses {
+                format!("{}:50051", node_ip(id))
+            } else {
+                format!("127.0.0.1:{}", free_port()?)
+            };
             nodes.push(NodeProc {
                 id,
-                addr: format!("127.0.0.1:{}", free_port()?),
+                addr,
                 data_dir: dir.join(format!("node{id}")),
                 log: dir.join(format!("node{id}.log")),
                 child: None,
@@ -101,6 +121,7 @@ impl Cluster {
         );
         let n = self.node(id);
         anyhow::ensure!(n.child.is_none(), "node {id} is already running");
+        let source = n.addr.split(':').next().unwrap_or_default().to_string();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
         let child = Command::new(&server)
             .args(["--node-id", &id.to_string(), "--listen", &n.addr])
@@ -112,6 +133,7 @@ impl Cluster {
             .args(["--heartbeat-interval-ms", "200", "--election-timeout-ms-min", "1500"])
             .args(["--election-timeout-ms-max", "3000"])
             .args(&extra)
+            .args(["--peer-source-address", &source])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -120,7 +120,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Re-runs this command inside a private network namespace (`unshare -n`),
+/// where the partition nemesis may change firewall rules; the namespace and
+/// its rules vanish with the process.
+fn rerun_in_netns() -> ExitCode {
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("error: cannot find this executable");
+        return ExitCode::from(EXIT_ERROR);
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let script = "ip link set lo up && exec \"$0\" \"$@\"";
+    let status = std::process::Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", script])
+        .arg(&exe)
+        .args(&args)
+        .env(ringkv_jepsen::runner::IN_NETNS_ENV, "1")
+        .status();
+    match status {
+        Ok(s) => ExitCode::from(s.code().map_or(EXIT_ERROR, |c| c as u8)),
+        Err(e) => {
+            eprintln!("error: unshare -n (needs root and util-linux): {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
 fn run(args: RunArgs) -> ExitCode {
+    if args.nemesis == ringkv_jepsen::runner::Nemesis::Partition
+        && std::env::var_os(ringkv_jepsen::runner::IN_NETNS_ENV).is_none()
+    {
+        return rerun_in_netns();
+    }
     let server = args.server.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()

@@ -54,6 +54,10 @@ pub enum Nemesis {
     Kill,
     /// SIGSTOP a random node, SIGCONT it a few seconds later.
     Pause,
+    /// Cut a random node off from the others with iptables DROP rules (the
+    /// clients still reach every node), heal a few seconds later. Runs in a
+    /// private network namespace.
+    Partition,
 }
 
 /// What to run.
@@ -339,6 +343,32 @@ async fn worker(
     Ok(())
 }
 
+/// Set (by `ringkv-jepsen run`) in the process it re-executed inside a
+/// private network namespace.
+pub const IN_NETNS_ENV: &str = "RINGKV_JEPSEN_IN_NETNS";
+
+fn iptables(args: &[&str]) -> anyhow::Result<()> {
+    let st = std::process::Command::new("iptables").args(args).status()?;
+    anyhow::ensure!(st.success(), "iptables {} failed", args.join(" "));
+    Ok(())
+}
+
+/// Drops every packet between `node` and the other nodes (both ways).
+fn isolate(node: u64, nodes: u64) -> anyhow::Result<()> {
+    let me = crate::cluster::node_ip(node);
+    for other in (1..=nodes).filter(|o| *o != node) {
+        let peer = crate::cluster::node_ip(other);
+        iptables(&["-A", "INPUT", "-s", &me, "-d", &peer, "-j", "DROP"])?;
+        iptables(&["-A", "INPUT", "-s", &peer, "-d", &me, "-j", "DROP"])?;
+    }
+    Ok(())
+}
+
+/// Removes every partition rule.
+fn heal_network() -> anyhow::Result<()> {
+    iptables(&["-F", "INPUT"])
+}
+
 /// Injects faults on the seeded schedule until `end`.
 async fn nemesis(
     cfg: RunConfig,
@@ -360,6 +390,7 @@ async fn nemesis(
         let (start_f, stop_f) = match cfg.nemesis {
             Nemesis::Kill => ("kill", "start"),
             Nemesis::Pause => ("pause", "resume"),
+            Nemesis::Partition => ("start-partition", "stop-partition"),
             Nemesis::None => return Ok(()),
         };
         rec.record(
@@ -374,6 +405,7 @@ async fn nemesis(
             let mut c = cluster.lock().await;
             match cfg.nemesis {
                 Nemesis::Kill => c.kill(node),
+                Nemesis::Partition => isolate(node, cfg.nodes)?,
                 _ => c.pause(node)?,
             }
         }
@@ -382,6 +414,7 @@ async fn nemesis(
             let mut c = cluster.lock().await;
             match cfg.nemesis {
                 Nemesis::Kill => c.restart(node)?,
+                Nemesis::Partition => heal_network()?,
                 _ => c.resume(node)?,
             }
         }
@@ -416,7 +449,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
         cfg.seed,
         cfg.seed
     );
-    let cluster = Cluster::start(&cfg.server, &cfg.out, cfg.nodes, cfg.shards, &cfg.server_args).await?;
+    let own = cfg.nemesis == Nemesis::Partition;
+    if own {
+        anyhow::ensure!(
+            std::env::var_os(IN_NETNS_ENV).is_some(),
+            "the partition nemesis runs inside a private network namespace: use `ringkv-jepsen run`"
+        );
+    }
+    let cluster = Cluster::start(&cfg.server, &cfg.out, cfg.nodes, cfg.shards, &cfg.server_args, own).await?;
     let addrs = cluster.addrs();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let rec = Arc::new(Recorder {
@@ -447,6 +487,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
     // Heal, wait, and read the final state.
     {
         let mut c = cluster.lock().await;
+        if own {
+            heal_network()?;
+        }
         c.heal()?;
         c.wait_ready().await?;
     }

@@ -95,3 +95,38 @@ async fn reads_without_read_index_are_caught() {
     let broken = vec!["--unsafe-reads-without-read-index".to_string()];
     expect(Workload::Register, Nemesis::Pause, broken, Validity::Invalid).await;
 }
+
+/// Runs the `ringkv-jepsen` binary (the partition nemesis re-executes it in
+/// a private network namespace) and returns its exit status.
+fn run_binary(nemesis: &str, extra: &[&str]) -> i32 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv-jepsen"))
+        .args(["run", "--workload", "register", "--nemesis", nemesis, "--time-limit"])
+        .arg(TIME_LIMIT_S.to_string())
+        .args(["--nemesis-interval", "5", "--seed"])
+        .arg(seed().to_string())
+        .arg("--server")
+        .arg(server())
+        .arg("--out")
+        .arg(dir.path())
+        .args(extra)
+        .output()
+        .expect("run ringkv-jepsen");
+    let code = out.status.code().unwrap_or(-1);
+    if code == 3 {
+        panic!("ringkv-jepsen could not run:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    code
+}
+
+#[test]
+fn register_under_partitions_is_linearizable() {
+    assert_eq!(run_binary("partition", &[]), 0, "expected a valid history");
+}
+
+#[test]
+fn reads_without_read_index_are_caught_under_partitions() {
+    let code = run_binary("partition", &["--server-arg=--unsafe-reads-without-read-index"]);
+    assert_eq!(code, 1, "expected the broken build to be caught as invalid");
+}

@@ -38,6 +38,10 @@ pub struct Config {
     /// `0.0.0.0:50051`). Peers and clients reach the node at its address in
     /// `initial_cluster`, as etcd's `initial-advertise-peer-urls`.
     pub listen: String,
+    /// Source IP address of this node's outgoing connections to peers
+    /// (empty = chosen by the OS). Lets fault tests cut one node off with
+    /// address-based firewall rules on a shared loopback.
+    pub peer_source_address: String,
     /// HTTP address of the status port (`/metrics`, `/healthz`); empty =
     /// no status port.
     pub status_listen: String,
@@ -200,6 +204,7 @@ impl Default for Config {
             node_id: 0,
             listen: "127.0.0.1:50051".to_string(),
             status_listen: String::new(),
+            peer_source_address: String::new(),
             data_dir: PathBuf::from("./data/ringkv"),
             initial_cluster: String::new(),
             shards: 16,
@@ -288,6 +293,12 @@ impl Config {
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return bad(format!("listen {:?} is not an ip:port address", self.listen));
+        }
+        if !self.peer_source_address.is_empty() && self.peer_source_address.parse::<std::net::IpAddr>().is_err() {
+            return bad(format!(
+                "peer_source_address {:?} is not an IP address",
+                self.peer_source_address
+            ));
         }
         if !self.status_listen.is_empty() && self.status_listen.parse::<SocketAddr>().is_err() {
             return bad(format!(

@@ -35,6 +35,9 @@ struct Args {
     /// gRPC listen address, ip:port.
     #[arg(long)]
     listen: Option<String>,
+    /// Source IP of outgoing connections to peers.
+    #[arg(long)]
+    peer_source_address: Option<String>,
     /// HTTP address serving /metrics (Prometheus) and /healthz.
     #[arg(long)]
     status_listen: Option<String>,
@@ -108,6 +111,7 @@ impl Args {
         set!(self.node_id, c.node_id);
         set!(self.listen, c.listen);
         set!(self.status_listen, c.status_listen);
+        set!(self.peer_source_address, c.peer_source_address);
         set!(self.data_dir, c.data_dir);
         set!(self.initial_cluster, c.initial_cluster);
         set!(self.shards, c.shards);

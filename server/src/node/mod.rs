@@ -172,7 +172,8 @@ impl Node {
         }
         let id = cfg.node_id;
         let tls = crate::tls::load(&cfg.tls)?;
-        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()));
+        let source = cfg.peer_source_address.parse().ok();
+        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()), source);
         let sm_stats = Arc::new(SmStats::default());
         let mut groups: Vec<ShardInfo> = layout.shards_on(id).cloned().collect();
         if layout.meta_replicas.contains(&id) {

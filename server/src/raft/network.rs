@@ -93,15 +93,22 @@ pub struct PeerPool {
     local_id: NodeId,
     /// TLS towards peers (`None` = plaintext).
     tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Source address of outgoing connections (`None` = the OS picks).
+    source: Option<std::net::IpAddr>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     pub stats: Arc<NetStats>,
 }
 
 impl PeerPool {
-    pub fn new(local_id: NodeId, tls: Option<tonic::transport::ClientTlsConfig>) -> Arc<Self> {
+    pub fn new(
+        local_id: NodeId,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        source: Option<std::net::IpAddr>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             local_id,
             tls,
+            source,
             peers: Mutex::new(HashMap::new()),
             stats: Arc::new(NetStats::default()),
         })
@@ -129,6 +136,7 @@ impl PeerPool {
                 .map_err(|e| format!("TLS settings for node {node_id}: {e}"))?;
         }
         let endpoint = endpoint
+            .local_address(self.source)
             .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
