@@ -1,0 +1,458 @@
+//! `ringkv`: the command-line client of ringkv, built on `ringkv-client`.
+//!
+//! ```text
+//! ringkv [--endpoints A,B,C] [--json] [--timeout 10s] <command>
+//!   get KEY                                   print the value
+//!   put KEY (VALUE | - | --file PATH)         write a value (- = stdin)
+//!   del KEY                                   delete; says whether it existed
+//!   cas KEY (--expect V | --expect-absent) (--new V | --delete)
+//!   scan [--start K] [--end K] [--limit N]    pairs in key order
+//!   cluster status                            nodes, shards, leaders, epoch
+//! ```
+//!
+//! Exit codes (stable, for scripts):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | `get`: key not found; `cas`: the condition did not hold (nothing changed) |
+//! | 2 | usage error: bad arguments, unreadable `--file`, malformed endpoint |
+//! | 3 | unavailable: no node reachable, shard without leader, overloaded, or the timeout passed (nothing was applied) |
+//! | 4 | invalid argument: the server refused the request (a limit such as `value_bytes_max`) |
+//! | 5 | indeterminate: a write was sent but its outcome is unknown |
+//! | 6 | other server error (storage, internal, unauthenticated) |
+//!
+//! Errors are printed as one line on stderr: `ringkv: error: ...`.
+
+use std::io::Read;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::Subcommand;
+use futures::StreamExt;
+use ringkv_client::CallOptions;
+use ringkv_client::Client;
+use ringkv_client::Config;
+use ringkv_client::Error;
+use ringkv_client::ErrorKind;
+use serde_json::json;
+
+const EXIT_OK: u8 = 0;
+const EXIT_NOT_FOUND: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_UNAVAILABLE: u8 = 3;
+const EXIT_INVALID: u8 = 4;
+const EXIT_INDETERMINATE: u8 = 5;
+const EXIT_SERVER: u8 = 6;
+
+/// Command-line client of ringkv.
+#[derive(Parser, Debug)]
+#[command(name = "ringkv", version, about, after_help = EXIT_HELP)]
+struct Cli {
+    /// Comma-separated node addresses (host:port); any reachable node is
+    /// enough, the others are learned from it.
+    #[arg(
+        long,
+        global = true,
+        env = "RINGKV_ENDPOINTS",
+        default_value = "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053",
+        value_delimiter = ','
+    )]
+    endpoints: Vec<String>,
+    /// Print results as JSON (values as UTF-8 strings, or hex in
+    /// `value_hex` when they are not UTF-8).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Deadline of the whole command, retries included (e.g. 10s, 500ms, 2).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+const EXIT_HELP: &str = "Exit codes: 0 ok, 1 key not found (get) or CAS condition false, 2 usage, \
+3 unavailable/unreachable/timeout, 4 invalid argument, 5 write outcome unknown, 6 other server error.";
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the value of KEY (exit 1 when absent).
+    Get { key: String },
+    /// Write a value: VALUE, `-` for stdin, or --file PATH.
+    Put {
+        key: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(conflicts_with = "file", required_unless_present = "file")]
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// Delete KEY.
+    Del { key: String },
+    /// Compare-and-swap: if KEY holds --expect (or is absent with
+    /// --expect-absent), set it to --new (or --delete it). Exit 1 when the
+    /// condition did not hold.
+    Cas {
+        key: String,
+        #[arg(long, required_unless_present = "expect_absent", conflicts_with = "expect_absent")]
+        expect: Option<String>,
+        #[arg(long)]
+        expect_absent: bool,
+        #[arg(long = "new", required_unless_present = "delete", conflicts_with = "delete")]
+        new_value: Option<String>,
+        #[arg(long)]
+        delete: bool,
+    },
+    /// List pairs in key order: --start inclusive, --end exclusive.
+    Scan {
+        #[arg(long, default_value = "")]
+        start: String,
+        #[arg(long, default_value = "")]
+        end: String,
+        /// At most this many pairs (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Cluster information.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Nodes, shards with replicas and leaders, and the ring epoch.
+    Status,
+}
+
+/// `10s`, `500ms`, `2m`, or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 10s or 500ms)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s or m)")),
+    };
+    if !(secs > 0.0 && secs < 86_400.0) {
+        return Err(format!("timeout out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A failure of the command: its exit code and one line of text.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::InvalidArgument => EXIT_INVALID,
+            ErrorKind::Indeterminate | ErrorKind::StaleSequence => EXIT_INDETERMINATE,
+            ErrorKind::Unavailable | ErrorKind::DeadlineExceeded | ErrorKind::Overloaded | ErrorKind::Transport => {
+                EXIT_UNAVAILABLE
+            }
+            ErrorKind::Config => EXIT_USAGE,
+            _ => EXIT_SERVER,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        message,
+    }
+}
+
+/// A value as JSON: a UTF-8 string under `value`, otherwise hex under
+/// `value_hex`.
+fn value_json(obj: &mut serde_json::Map<String, serde_json::Value>, field: &str, v: &[u8]) {
+    match std::str::from_utf8(v) {
+        Ok(s) => obj.insert(field.to_string(), json!(s)),
+        Err(_) => obj.insert(format!("{field}_hex"), json!(hex::encode(v))),
+    };
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn write_raw(v: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(v);
+    let _ = out.write_all(b"\n");
+}
+
+fn config(timeout: Duration) -> Config {
+    Config {
+        request_timeout: timeout,
+        connect_timeout: timeout.min(Duration::from_secs(2)),
+        attempt_timeout: timeout.min(Duration::from_secs(4)),
+        ..Config::default()
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    // Read local inputs before touching the network.
+    let put_value = match &cli.cmd {
+        Cmd::Put { value, file, .. } => Some(match (value.as_deref(), file) {
+            (_, Some(path)) => {
+                std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?
+            }
+            (Some("-"), None) => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+                buf
+            }
+            (Some(v), None) => v.as_bytes().to_vec(),
+            (None, None) => return Err(usage("put needs VALUE, - (stdin) or --file PATH".into())),
+        }),
+        _ => None,
+    };
+    let client = Client::connect_with(&cli.endpoints, config(cli.timeout)).await?;
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Get { key } => {
+            let v = client.get(&key).await?;
+            if json {
+                let mut o = serde_json::Map::new();
+                o.insert("key".into(), json!(key));
+                o.insert("found".into(), json!(v.is_some()));
+                if let Some(v) = &v {
+                    value_json(&mut o, "value", v);
+                }
+                print_json(o.into());
+            }
+            match v {
+                Some(v) => {
+                    if !json {
+                        write_raw(&v);
+                    }
+                    Ok(EXIT_OK)
+                }
+                None => {
+                    if !json {
+                        eprintln!("ringkv: key not found: {key}");
+                    }
+                    Ok(EXIT_NOT_FOUND)
+                }
+            }
+        }
+        Cmd::Put { key, .. } => {
+            let value = put_value.unwrap_or_default();
+            client.put(&key, &value).await?;
+            if json {
+                print_json(json!({"key": key, "ok": true, "bytes": value.len()}));
+            } else {
+                println!("OK");
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Del { key } => {
+            let existed = client.delete(&key).await?;
+            if json {
+                print_json(json!({"key": key, "existed": existed}));
+            } else {
+                println!("{}", if existed { "deleted" } else { "absent" });
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Cas {
+            key, expect, new_value, ..
+        } => {
+            let out = client
+                .compare_and_swap(
+                    &key,
+                    expect.as_deref().map(str::as_bytes),
+                    new_value.as_deref().map(str::as_bytes),
+                )
+                .await?;
+            if json {
+                let mut o = serde_json::Map::new();
+                o.insert("key".into(), json!(key));
+                o.insert("succeeded".into(), json!(out.succeeded));
+                o.insert("previous_found".into(), json!(out.previous.is_some()));
+                if let Some(p) = &out.previous {
+                    value_json(&mut o, "previous", p);
+                }
+                print_json(o.into());
+            } else if out.succeeded {
+                println!("OK");
+            } else {
+                match &out.previous {
+                    Some(p) => println!("not applied; current value: {}", String::from_utf8_lossy(p)),
+                    None => println!("not applied; key is absent"),
+                }
+            }
+            Ok(if out.succeeded { EXIT_OK } else { EXIT_NOT_FOUND })
+        }
+        Cmd::Scan { start, end, limit } => {
+            let mut s = Box::pin(client.scan_with(&start, &end, limit, &CallOptions::default()));
+            while let Some(pair) = s.next().await {
+                let (k, v) = pair?;
+                if json {
+                    let mut o = serde_json::Map::new();
+                    value_json(&mut o, "key", &k);
+                    value_json(&mut o, "value", &v);
+                    print_json(o.into());
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&k);
+                    let _ = out.write_all(b"\t");
+                    let _ = out.write_all(&v);
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status,
+        } => {
+            let st = client.cluster_status().await?;
+            if json {
+                print_json(status_json(&st));
+            } else {
+                print!("{}", status_table(&st));
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn range_end(r: &ringkv_client::proto::TokenRange) -> String {
+    if r.end_is_max {
+        "2^64".to_string()
+    } else {
+        format!("{:#018x}", r.end)
+    }
+}
+
+fn status_json(st: &ringkv_client::proto::ClusterStatusResponse) -> serde_json::Value {
+    json!({
+        "epoch": st.epoch,
+        "served_by": st.served_by,
+        "nodes": st.nodes.iter().map(|n| json!({"id": n.id, "addr": n.addr})).collect::<Vec<_>>(),
+        "shards": st.shards.iter().map(|s| json!({
+            "id": s.id,
+            "leader": s.leader_id,
+            "replicas": s.replicas,
+            "term": s.term,
+            "last_applied_index": s.last_applied_index,
+            "ranges": s.ranges.iter().map(|r| json!({
+                "start": r.start,
+                "end": if r.end_is_max { serde_json::Value::Null } else { json!(r.end) },
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn status_table(st: &ringkv_client::proto::ClusterStatusResponse) -> String {
+    let mut out = format!("epoch {} (as seen by node {})\n\n", st.epoch, st.served_by);
+    out += &format!("{:<6} {}\n", "NODE", "ADDRESS");
+    for n in &st.nodes {
+        out += &format!("{:<6} {}\n", n.id, n.addr);
+    }
+    out += &format!(
+        "\n{:<6} {:<7} {:<10} {:<6} {}\n",
+        "SHARD", "LEADER", "REPLICAS", "TERM", "TOKEN RANGES"
+    );
+    for s in &st.shards {
+        let replicas = s.replicas.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let leader = if s.leader_id == 0 {
+            "?".to_string()
+        } else {
+            s.leader_id.to_string()
+        };
+        let ranges = s
+            .ranges
+            .iter()
+            .map(|r| format!("[{:#018x}, {})", r.start, range_end(r)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out += &format!("{:<6} {:<7} {:<10} {:<6} {}\n", s.id, leader, replicas, s.term, ranges);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ringkv: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_SERVER);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            let one_line = f.message.replace(['\n', '\r'], " ");
+            eprintln!("ringkv: error: {one_line}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::command_check();
+        let c = Cli::try_parse_from(["ringkv", "--json", "cas", "k", "--expect-absent", "--new", "1"]).unwrap();
+        assert!(c.json);
+        assert!(matches!(
+            c.cmd,
+            Cmd::Cas {
+                expect: None,
+                expect_absent: true,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["ringkv", "cas", "k", "--new", "1"]).is_err());
+        assert!(Cli::try_parse_from(["ringkv", "put", "k"]).is_err());
+        assert!(Cli::try_parse_from(["ringkv", "put", "k", "--file", "/x"]).is_ok());
+    }
+
+    impl Cli {
+        fn command_check() {
+            use clap::CommandFactory;
+            Cli::command().debug_assert();
+        }
+    }
+}

@@ -1,0 +1,1158 @@
+//! [`Client`]: the operations, and the retry loop every one of them runs
+//! through (route, pick a node, send, classify the failure, back off).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures::Stream;
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::compare_and_swap_request::Action;
+use ringkv_proto::v1::compare_and_swap_request::Expected;
+use ringkv_proto::v1::kv_client::KvClient;
+use ringkv_proto::v1::*;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::backoff::Backoff;
+use crate::error::terminal;
+use crate::error::AttemptError;
+use crate::pool::normalize;
+use crate::pool::Pool;
+use crate::routing::token_of;
+use crate::routing::Router;
+use crate::routing::RoutingTable;
+use crate::session::Session;
+use crate::session::WriteTicket;
+use crate::CallOptions;
+use crate::Config;
+use crate::Consistency;
+use crate::Error;
+
+/// A connection to a ringkv cluster: cheap to clone (clones share routing,
+/// channels, session and the in-flight limit), safe to use from many tasks.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), ringkv_client::Error> {
+/// let client = ringkv_client::Client::connect(["127.0.0.1:50051", "127.0.0.1:50052"]).await?;
+/// client.put("hello", "world").await?;
+/// assert_eq!(client.get("hello").await?, Some(b"world".to_vec()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: Config,
+    /// The endpoints given at connect time (normalized URIs).
+    seeds: Vec<String>,
+    router: Router,
+    pool: Pool,
+    session: Arc<Session>,
+    slots: Arc<Semaphore>,
+    rr: AtomicUsize,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    operations: AtomicU64,
+    attempts: AtomicU64,
+    refreshes: AtomicU64,
+    not_leader: AtomicU64,
+    forwarded: AtomicU64,
+}
+
+/// Counters of one client since it connected (shared by its clones).
+///
+/// ```
+/// let s = ringkv_client::ClientStats::default();
+/// assert_eq!(s.attempts - s.operations, 0, "no retries yet");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Operations started (a batch counts once per shard part, a scan once
+    /// per page).
+    pub operations: u64,
+    /// RPC attempts made for them; `attempts - operations` were retries.
+    pub attempts: u64,
+    /// Routing table refreshes (`Admin/ClusterStatus` round trips) done.
+    pub routing_refreshes: u64,
+    /// NOT_LEADER answers received.
+    pub not_leader: u64,
+    /// Answers a node served by forwarding to another (the route was stale).
+    pub forwarded: u64,
+}
+
+/// The result of [`Client::compare_and_swap`].
+///
+/// ```
+/// let out = ringkv_client::CasOutcome { succeeded: false, previous: Some(b"7".to_vec()) };
+/// if !out.succeeded {
+///     println!("someone else wrote {:?}", out.previous);
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    /// Whether the condition held and the action was applied.
+    pub succeeded: bool,
+    /// The value before the operation (`None` = the key was absent).
+    pub previous: Option<Vec<u8>>,
+}
+
+/// What one attempt gets: the node's channel and the routing header to send.
+struct Attempt {
+    channel: Channel,
+    header: RequestHeader,
+    timeout: Duration,
+    max_message: usize,
+}
+
+fn kv_client(channel: Channel, max_message: usize) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+}
+
+/// Answer of a successful attempt with its response header.
+type Answer<T> = Result<(T, Option<ResponseHeader>), AttemptError>;
+
+fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// The typed error of the first failed key of a batch part, if any.
+fn batch_error(results: &[KeyResult], expected: usize) -> Result<(), AttemptError> {
+    if results.len() != expected {
+        return Err(AttemptError::Untyped {
+            code: tonic::Code::Internal,
+            message: format!("batch answered {} of {expected} keys", results.len()),
+        });
+    }
+    if let Some(d) = results.iter().find_map(|r| r.error.clone()) {
+        let code = ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal);
+        return Err(AttemptError::Server {
+            code,
+            detail: Box::new(d),
+        });
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Connects with the default [`Config`]. `endpoints` are `host:port`
+    /// (or `http://host:port`) of any cluster nodes: one reachable node is
+    /// enough, the others are learned from it.
+    ///
+    /// Fails with [`crate::ErrorKind::Transport`] when no endpoint answers
+    /// `Admin/ClusterStatus` within one attempt each, and with
+    /// [`crate::ErrorKind::Config`] for a malformed endpoint.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ringkv_client::Error> {
+    /// let client = ringkv_client::Client::connect(["127.0.0.1:50051"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_with(endpoints, Config::default()).await
+    }
+
+    /// Connects with an explicit [`Config`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), ringkv_client::Error> {
+    /// use std::time::Duration;
+    /// let cfg = ringkv_client::Config { request_timeout: Duration::from_secs(30), ..Default::default() };
+    /// let client = ringkv_client::Client::connect_with(["127.0.0.1:50051"], cfg).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with<I, S>(endpoints: I, cfg: Config) -> Result<Client, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        cfg.validate()?;
+        let mut seeds = Vec::new();
+        for e in endpoints {
+            let e = e.as_ref();
+            Pool::validate(e)?;
+            let n = normalize(e);
+            if !seeds.contains(&n) {
+                seeds.push(n);
+            }
+        }
+        if seeds.is_empty() {
+            return Err(Error::Config("no endpoints given".into()));
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                slots: Arc::new(Semaphore::new(cfg.max_in_flight)),
+                pool: Pool::new(cfg.clone()),
+                cfg,
+                seeds,
+                router: Router::default(),
+                session: Arc::new(Session::new()),
+                rr: AtomicUsize::new(0),
+                stats: Counters::default(),
+            }),
+        };
+        client.refresh_routing().await?;
+        Ok(client)
+    }
+
+    /// This client's exactly-once id (random, 16 bytes).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// println!("client id {}", hex::encode(client.client_id()));
+    /// # }
+    /// ```
+    pub fn client_id(&self) -> [u8; 16] {
+        self.inner.session.client_id()
+    }
+
+    /// The configuration this client runs with.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// assert!(client.config().max_attempts >= 1);
+    /// # }
+    /// ```
+    pub fn config(&self) -> &Config {
+        &self.inner.cfg
+    }
+
+    /// Counters since connect: operations, attempts (retries), refreshes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// let s = client.stats();
+    /// println!("{} retries", s.attempts - s.operations);
+    /// # }
+    /// ```
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.stats;
+        ClientStats {
+            operations: c.operations.load(Ordering::Relaxed),
+            attempts: c.attempts.load(Ordering::Relaxed),
+            routing_refreshes: c.refreshes.load(Ordering::Relaxed),
+            not_leader: c.not_leader.load(Ordering::Relaxed),
+            forwarded: c.forwarded.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The ring epoch of the cached routing table.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// assert!(client.epoch() >= 1);
+    /// # }
+    /// ```
+    pub fn epoch(&self) -> u64 {
+        self.inner.router.read(|t| t.epoch)
+    }
+
+    /// The shard that owns `key` according to the cached ring.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// let shard = client.shard_of("hello");
+    /// # }
+    /// ```
+    pub fn shard_of(&self, key: impl AsRef<[u8]>) -> Option<u64> {
+        self.inner.router.read(|t| t.shard_for_key(key.as_ref()))
+    }
+
+    /// The cached leader hint of `shard` (may be out of date).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) {
+    /// if let Some(shard) = client.shard_of("hello") {
+    ///     println!("leader of {shard}: {:?}", client.leader_hint(shard));
+    /// }
+    /// # }
+    /// ```
+    pub fn leader_hint(&self, shard: u64) -> Option<u64> {
+        self.inner.router.read(|t| t.shards.get(&shard).and_then(|s| s.leader))
+    }
+
+    /// Fetches the routing table again now (from any reachable node).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// client.refresh_routing().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn refresh_routing(&self) -> Result<(), Error> {
+        let g = self.inner.router.generation();
+        self.inner.refresh(g).await
+    }
+
+    /// `Admin/ClusterStatus` from any reachable node: nodes, shards with
+    /// replicas and leaders (that node's view), ring epoch.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let st = client.cluster_status().await?;
+    /// println!("epoch {} with {} nodes", st.epoch, st.nodes.len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, Error> {
+        let (st, _) = self.inner.fetch_status().await?;
+        if let Ok(t) = RoutingTable::from_status(&st) {
+            self.inner.router.write(|cur| cur.replace_with(t));
+        }
+        Ok(st)
+    }
+
+    /// Reads `key`: `Ok(None)` when it is absent. Linearizable, retried on
+    /// any transient failure.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// match client.get("hello").await? {
+    ///     Some(v) => println!("{}", String::from_utf8_lossy(&v)),
+    ///     None => println!("absent"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, Error> {
+        self.get_with(key, &CallOptions::default()).await
+    }
+
+    /// [`Client::get`] with per-call options (deadline, consistency).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use ringkv_client::{CallOptions, Consistency};
+    /// let v = client.get_with("hello", &CallOptions::new().consistency(Consistency::Stale)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &CallOptions) -> Result<Option<Vec<u8>>, Error> {
+        let key = key.as_ref().to_vec();
+        let token = token_of(&key);
+        let consistency = opts.consistency;
+        self.inner
+            .execute(vec![token], opts, None, consistency, move |a| {
+                let key = key.clone();
+                async move {
+                    let mut h = a.header;
+                    h.consistency = proto_consistency(consistency) as i32;
+                    let r = kv_client(a.channel, a.max_message)
+                        .get(request(GetRequest { header: Some(h), key }, a.timeout))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    Ok((r.found.then_some(r.value), r.header))
+                }
+            })
+            .await
+    }
+
+    /// Writes `value` under `key`, exactly once even across retries.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// client.put("hello", b"world".to_vec()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.put_with(key, value, &CallOptions::default()).await
+    }
+
+    /// [`Client::put`] with per-call options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use std::time::Duration;
+    /// let opts = ringkv_client::CallOptions::new().timeout(Duration::from_secs(2));
+    /// if let Err(e) = client.put_with("k", "v", &opts).await {
+    ///     if e.is_indeterminate() {
+    ///         // applied or not: read it back to know
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        opts: &CallOptions,
+    ) -> Result<(), Error> {
+        let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
+        let token = token_of(&key);
+        let ticket = self.inner.session.begin();
+        self.inner
+            .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    let r = kv_client(a.channel, a.max_message)
+                        .put(request(
+                            PutRequest {
+                                header: Some(a.header),
+                                key,
+                                value,
+                            },
+                            a.timeout,
+                        ))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    Ok(((), r.header))
+                }
+            })
+            .await
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let existed = client.delete("hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool, Error> {
+        self.delete_with(key, &CallOptions::default()).await
+    }
+
+    /// [`Client::delete`] with per-call options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// client.delete_with("hello", &ringkv_client::CallOptions::new()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &CallOptions) -> Result<bool, Error> {
+        let key = key.as_ref().to_vec();
+        let token = token_of(&key);
+        let ticket = self.inner.session.begin();
+        self.inner
+            .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
+                let key = key.clone();
+                async move {
+                    let r = kv_client(a.channel, a.max_message)
+                        .delete(request(
+                            DeleteRequest {
+                                header: Some(a.header),
+                                key,
+                            },
+                            a.timeout,
+                        ))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    Ok((r.existed, r.header))
+                }
+            })
+            .await
+    }
+
+    /// Atomically: if the current value of `key` is `expected` (`None` =
+    /// the key is absent), replace it with `new_value` (`None` = delete it).
+    /// A condition that does not hold is not an error: the outcome says
+    /// `succeeded: false` and gives the current value. Exactly once across
+    /// retries: a retry of an applied swap returns its first outcome.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// // Create the counter if absent, then increment it.
+    /// client.compare_and_swap("n", None, Some(b"1")).await?;
+    /// let out = client.compare_and_swap("n", Some(b"1"), Some(b"2")).await?;
+    /// assert!(out.succeeded || out.previous.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new_value: Option<&[u8]>,
+    ) -> Result<CasOutcome, Error> {
+        self.compare_and_swap_with(key, expected, new_value, &CallOptions::default())
+            .await
+    }
+
+    /// [`Client::compare_and_swap`] with per-call options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let opts = ringkv_client::CallOptions::new();
+    /// let out = client.compare_and_swap_with("n", Some(b"2"), None, &opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn compare_and_swap_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        expected: Option<&[u8]>,
+        new_value: Option<&[u8]>,
+        opts: &CallOptions,
+    ) -> Result<CasOutcome, Error> {
+        let key = key.as_ref().to_vec();
+        let token = token_of(&key);
+        let expected = match expected {
+            Some(v) => Expected::ExpectedValue(v.to_vec()),
+            None => Expected::ExpectAbsent(true),
+        };
+        let action = match new_value {
+            Some(v) => Action::NewValue(v.to_vec()),
+            None => Action::Delete(true),
+        };
+        let ticket = self.inner.session.begin();
+        self.inner
+            .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
+                let msg = CompareAndSwapRequest {
+                    header: Some(a.header),
+                    key: key.clone(),
+                    expected: Some(expected.clone()),
+                    action: Some(action.clone()),
+                };
+                async move {
+                    let r = kv_client(a.channel, a.max_message)
+                        .compare_and_swap(request(msg, a.timeout))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    let out = CasOutcome {
+                        succeeded: r.succeeded,
+                        previous: r.current_found.then_some(r.current_value),
+                    };
+                    Ok((out, r.header))
+                }
+            })
+            .await
+    }
+
+    /// Reads many keys: one result per key, in request order. The keys are
+    /// split by shard and each shard's part goes to its leader in parallel.
+    /// Fails with the first failing part's error.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let values = client.batch_get(&["a", "b", "c"]).await?;
+    /// assert_eq!(values.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        self.batch_get_with(keys, &CallOptions::default()).await
+    }
+
+    /// [`Client::batch_get`] with per-call options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use ringkv_client::{CallOptions, Consistency};
+    /// let opts = CallOptions::new().consistency(Consistency::Stale);
+    /// let values = client.batch_get_with(&["a", "b"], &opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_get_with<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        opts: &CallOptions,
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
+        let groups = self.group_by_shard(keys.iter().map(|k| k.as_slice()));
+        let consistency = opts.consistency;
+        let parts = futures::future::join_all(groups.values().map(|idx| {
+            let part: Vec<Vec<u8>> = idx.iter().map(|i| keys[*i].clone()).collect();
+            let tokens = part.iter().map(|k| token_of(k)).collect();
+            self.inner.execute(tokens, opts, None, consistency, move |a| {
+                let part = part.clone();
+                async move {
+                    let n = part.len();
+                    let mut h = a.header;
+                    h.consistency = proto_consistency(consistency) as i32;
+                    let r = kv_client(a.channel, a.max_message)
+                        .batch_get(request(
+                            BatchGetRequest {
+                                header: Some(h),
+                                keys: part,
+                            },
+                            a.timeout,
+                        ))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    batch_error(&r.results, n)?;
+                    let values: Vec<Option<Vec<u8>>> =
+                        r.results.into_iter().map(|kr| kr.found.then_some(kr.value)).collect();
+                    Ok((values, r.header))
+                }
+            })
+        }))
+        .await;
+        let mut out = vec![None; keys.len()];
+        for (idx, part) in groups.values().zip(parts) {
+            for (i, v) in idx.iter().zip(part?) {
+                out[*i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes many pairs. They are split by shard; each shard's part is one
+    /// atomic, exactly-once write sent to its leader, all parts in parallel.
+    /// Atomic per shard, not across shards: on an error, other shards' parts
+    /// may have been applied (the error is the first failing part's).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// client.batch_put(&[("a", "1"), ("b", "2")]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(&self, pairs: &[(K, V)]) -> Result<(), Error> {
+        self.batch_put_with(pairs, &CallOptions::default()).await
+    }
+
+    /// [`Client::batch_put`] with per-call options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use std::time::Duration;
+    /// let opts = ringkv_client::CallOptions::new().timeout(Duration::from_secs(5));
+    /// client.batch_put_with(&[("a", "1")], &opts).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn batch_put_with<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        pairs: &[(K, V)],
+        opts: &CallOptions,
+    ) -> Result<(), Error> {
+        let pairs: Vec<KeyValue> = pairs
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.as_ref().to_vec(),
+                value: v.as_ref().to_vec(),
+            })
+            .collect();
+        let groups = self.group_by_shard(pairs.iter().map(|p| p.key.as_slice()));
+        let parts = futures::future::join_all(groups.values().map(|idx| {
+            let part: Vec<KeyValue> = idx.iter().map(|i| pairs[*i].clone()).collect();
+            let tokens = part.iter().map(|p| token_of(&p.key)).collect();
+            let inner = &self.inner;
+            async move {
+                let ticket = inner.session.begin();
+                inner
+                    .execute(tokens, opts, Some(&ticket), Consistency::Linearizable, move |a| {
+                        let part = part.clone();
+                        async move {
+                            let n = part.len();
+                            let r = kv_client(a.channel, a.max_message)
+                                .batch_put(request(
+                                    BatchPutRequest {
+                                        header: Some(a.header),
+                                        pairs: part,
+                                    },
+                                    a.timeout,
+                                ))
+                                .await
+                                .map_err(|s| AttemptError::from_status(&s))?
+                                .into_inner();
+                            batch_error(&r.results, n)?;
+                            Ok(((), r.header))
+                        }
+                    })
+                    .await
+            }
+        }))
+        .await;
+        parts.into_iter().collect()
+    }
+
+    /// Streams the pairs with `start <= key < end` in key order (an empty
+    /// `start` or `end` means unbounded), page by page through the server's
+    /// Scan and its continuation token. Each page is one operation with the
+    /// configured timeout and retries.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use futures::TryStreamExt;
+    /// let pairs: Vec<(Vec<u8>, Vec<u8>)> = client.scan("a", "m").try_collect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+    ) -> impl Stream<Item = Result<(Vec<u8>, Vec<u8>), Error>> + Send + 'static {
+        self.scan_with(start, end, 0, &CallOptions::default())
+    }
+
+    /// [`Client::scan`] returning at most `limit` pairs (0 = no limit), with
+    /// per-page options.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// use futures::StreamExt;
+    /// let mut s = Box::pin(client.scan_with("", "", 10, &ringkv_client::CallOptions::new()));
+    /// while let Some(pair) = s.next().await {
+    ///     let (k, v) = pair?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scan_with(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: usize,
+        opts: &CallOptions,
+    ) -> impl Stream<Item = Result<(Vec<u8>, Vec<u8>), Error>> + Send + 'static {
+        struct St {
+            client: Client,
+            start: Vec<u8>,
+            end: Vec<u8>,
+            continuation: Vec<u8>,
+            left: Option<usize>,
+            opts: CallOptions,
+            done: bool,
+        }
+        let st = St {
+            client: self.clone(),
+            start: start.as_ref().to_vec(),
+            end: end.as_ref().to_vec(),
+            continuation: vec![],
+            left: (limit > 0).then_some(limit),
+            opts: opts.clone(),
+            done: false,
+        };
+        let pages = futures::stream::try_unfold(st, |mut st| async move {
+            if st.done || st.left == Some(0) {
+                return Ok(None);
+            }
+            let page = st.client.inner.cfg.scan_page_size as usize;
+            let want = st.left.map_or(page, |l| l.min(page)) as u32;
+            let msg = ScanRequest {
+                header: None,
+                start_key: st.start.clone(),
+                end_key: st.end.clone(),
+                limit: want,
+                continuation: st.continuation.clone(),
+            };
+            let consistency = st.opts.consistency;
+            let resp = st
+                .client
+                .inner
+                .execute(vec![], &st.opts, None, consistency, move |a| {
+                    let mut msg = msg.clone();
+                    async move {
+                        let mut h = a.header;
+                        h.consistency = proto_consistency(consistency) as i32;
+                        msg.header = Some(h);
+                        let r = kv_client(a.channel, a.max_message)
+                            .scan(request(msg, a.timeout))
+                            .await
+                            .map_err(|s| AttemptError::from_status(&s))?
+                            .into_inner();
+                        let h = r.header;
+                        Ok((r, h))
+                    }
+                })
+                .await?;
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = resp.pairs.into_iter().map(|p| (p.key, p.value)).collect();
+            if let Some(l) = st.left.as_mut() {
+                pairs.truncate(*l);
+                *l -= pairs.len();
+            }
+            st.done = resp.continuation.is_empty();
+            st.continuation = resp.continuation;
+            Ok(Some((futures::stream::iter(pairs.into_iter().map(Ok)), st)))
+        });
+        futures::TryStreamExt::try_flatten(pages)
+    }
+
+    /// Groups key indexes by the shard the cached ring gives them (0 =
+    /// unknown, left for a node to route).
+    fn group_by_shard<'a>(&self, keys: impl Iterator<Item = &'a [u8]>) -> BTreeMap<u64, Vec<usize>> {
+        self.inner.router.read(|t| {
+            let mut groups: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (i, k) in keys.enumerate() {
+                groups.entry(t.shard_for_key(k).unwrap_or(0)).or_default().push(i);
+            }
+            groups
+        })
+    }
+}
+
+fn proto_consistency(c: Consistency) -> ringkv_proto::v1::Consistency {
+    match c {
+        Consistency::Linearizable => ringkv_proto::v1::Consistency::Linearizable,
+        Consistency::Stale => ringkv_proto::v1::Consistency::Stale,
+    }
+}
+
+/// A node chosen for an attempt.
+struct Pick {
+    shard: u64,
+    node: Option<u64>,
+    addr: String,
+}
+
+impl Inner {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.cfg.backoff_base,
+            max: self.cfg.backoff_max,
+        }
+    }
+
+    /// Nodes to try for a request on `tokens` (empty = any node), best
+    /// first, and the shard they share (0 = several or unknown).
+    fn candidates(&self, tokens: &[u64]) -> (u64, Vec<(Option<u64>, String)>) {
+        let (shard, mut cands) = self.router.read(|t| {
+            let mut shards = tokens.iter().map(|tok| t.shard_for_token(*tok));
+            let shard = match shards.next() {
+                Some(Some(first)) if shards.all(|s| s == Some(first)) => first,
+                _ => 0,
+            };
+            let ids: Vec<u64> = if shard != 0 {
+                t.candidates(shard)
+            } else {
+                let mut all: Vec<u64> = t.nodes.keys().copied().collect();
+                if !all.is_empty() {
+                    let n = self.rr.fetch_add(1, Ordering::Relaxed) % all.len();
+                    all.rotate_left(n);
+                }
+                all
+            };
+            let cands: Vec<(Option<u64>, String)> = ids
+                .into_iter()
+                .filter_map(|id| t.nodes.get(&id).map(|a| (Some(id), normalize(a))))
+                .collect();
+            (shard, cands)
+        });
+        if shard == 0 {
+            for s in &self.seeds {
+                if !cands.iter().any(|(_, a)| a == s) {
+                    cands.push((None, s.clone()));
+                }
+            }
+        }
+        let now = Instant::now();
+        // Stable: healthy nodes first, keeping the leader-first order.
+        cands.sort_by_key(|(_, a)| self.pool.health_rank(a, now));
+        (shard, cands)
+    }
+
+    fn pick(&self, tokens: &[u64]) -> Option<Pick> {
+        let (shard, cands) = self.candidates(tokens);
+        let now = Instant::now();
+        cands
+            .into_iter()
+            .find(|(_, addr)| self.pool.allow(addr, now))
+            .map(|(node, addr)| Pick { shard, node, addr })
+    }
+
+    /// Learns from a successful answer: a forwarded answer or one from a
+    /// leader names the shard's leader; a newer epoch asks for a refresh.
+    fn learn(self: &Arc<Self>, hdr: Option<&ResponseHeader>, consistency: Consistency, gen: u64) {
+        let Some(h) = hdr else { return };
+        if h.forwarded {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        if h.shard_id != 0 && h.served_by != 0 && consistency == Consistency::Linearizable {
+            let known = self.router.read(|t| t.shards.get(&h.shard_id).and_then(|s| s.leader));
+            if known != Some(h.served_by) {
+                self.router.write(|t| t.set_leader(h.shard_id, h.served_by));
+            }
+        }
+        if h.epoch > self.router.read(|t| t.epoch) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _ = me.refresh(gen).await;
+            });
+        }
+    }
+
+    /// One `Admin/ClusterStatus` from the first node that answers (healthy
+    /// known nodes first, then the endpoints given at connect).
+    async fn fetch_status(&self) -> Result<(ClusterStatusResponse, String), Error> {
+        let (_, cands) = self.candidates(&[]);
+        let now = Instant::now();
+        let mut last = String::from("no endpoint to ask");
+        for (_, addr) in cands {
+            if self.pool.health_rank(&addr, now) == 2 && !self.seeds.contains(&addr) {
+                continue;
+            }
+            let ch = self.pool.channel(&addr)?;
+            let mut req = request(ClusterStatusRequest {}, self.cfg.attempt_timeout);
+            if let Some(tok) = &self.cfg.admin_token {
+                let v = format!("Bearer {tok}")
+                    .parse()
+                    .map_err(|_| Error::Config("admin token is not valid metadata".into()))?;
+                req.metadata_mut().insert("authorization", v);
+            }
+            let mut admin = AdminClient::new(ch).max_decoding_message_size(self.cfg.max_message_bytes);
+            match tokio::time::timeout(self.cfg.attempt_timeout, admin.cluster_status(req)).await {
+                Ok(Ok(r)) => {
+                    self.pool.on_success(&addr);
+                    return Ok((r.into_inner(), addr));
+                }
+                Ok(Err(s)) => {
+                    let e = AttemptError::from_status(&s);
+                    if let AttemptError::Server {
+                        code: ErrorCode::Unauthenticated,
+                        detail,
+                    } = &e
+                    {
+                        return Err(Error::Unauthenticated {
+                            message: detail.message.clone(),
+                        });
+                    }
+                    if e.is_node_failure() {
+                        self.pool.on_failure(&addr, Instant::now());
+                    }
+                    last = format!("{addr}: {}", e.message());
+                }
+                Err(_) => {
+                    self.pool.on_failure(&addr, Instant::now());
+                    last = format!("{addr}: no answer within {:?}", self.cfg.attempt_timeout);
+                }
+            }
+        }
+        Err(Error::Transport { message: last })
+    }
+
+    /// Refreshes the routing table unless another refresh completed since
+    /// the caller saw generation `seen` (single flight: concurrent callers
+    /// wait for the one in progress and reuse its result).
+    async fn refresh(&self, seen: u64) -> Result<(), Error> {
+        let _guard = self.router.refresh_lock.lock().await;
+        if self.router.generation() != seen {
+            return Ok(());
+        }
+        self.stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        let res = self.fetch_status().await;
+        self.router.bump_generation();
+        let (st, _) = res?;
+        let t = RoutingTable::from_status(&st).map_err(|e| Error::Server {
+            code: "INTERNAL".into(),
+            message: format!("malformed cluster status: {e}"),
+        })?;
+        self.router.write(|cur| cur.replace_with(t));
+        Ok(())
+    }
+
+    /// Runs one operation: routes it by `tokens` (all in one shard, or
+    /// empty for any node), sends it, and retries transient failures with
+    /// backoff until it succeeds, fails definitely, runs out of attempts or
+    /// passes its deadline. A write (`ticket` set) keeps its sequence on
+    /// every retry.
+    async fn execute<T, F, Fut>(
+        self: &Arc<Self>,
+        tokens: Vec<u64>,
+        opts: &CallOptions,
+        ticket: Option<&WriteTicket>,
+        consistency: Consistency,
+        mut call: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Answer<T>>,
+    {
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.cfg.request_timeout);
+        let _slot = tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Error::DeadlineExceeded {
+                message: format!("no free slot among max_in_flight = {}", self.cfg.max_in_flight),
+            })?
+            .map_err(|_| Error::Config("client closed".into()))?;
+        self.stats.operations.fetch_add(1, Ordering::Relaxed);
+        let write = ticket.is_some();
+        let mut attempts = 0u32;
+        let mut retries = 0u32;
+        let mut hops = 0u32;
+        let mut maybe_applied = false;
+        let mut answered = false;
+        let mut last: Option<AttemptError> = None;
+        let mut shard = 0u64;
+        loop {
+            let now = Instant::now();
+            if now >= deadline || attempts >= self.cfg.max_attempts {
+                return Err(self.give_up(write, maybe_applied, answered, now >= deadline, attempts, shard, last));
+            }
+            let gen = self.router.generation();
+            let Some(pick) = self.pick(&tokens) else {
+                // Every candidate's breaker is open: wait, then try again.
+                attempts += 1;
+                last = Some(AttemptError::Connect(
+                    "every candidate node's circuit breaker is open".into(),
+                ));
+                self.sleep_backoff(&mut retries, deadline).await;
+                continue;
+            };
+            shard = pick.shard;
+            attempts += 1;
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let channel = self.pool.channel(&pick.addr)?;
+            let timeout = self.cfg.attempt_timeout.min(deadline.saturating_duration_since(now));
+            let header = RequestHeader {
+                epoch: self.router.read(|t| t.epoch),
+                shard_id: pick.shard,
+                client_id: ticket.map(|_| self.session.client_id().to_vec()).unwrap_or_default(),
+                sequence: ticket.map_or(0, |t| t.sequence),
+                consistency: 0,
+                first_incomplete_sequence: ticket.map_or(0, |t| t.first_incomplete()),
+            };
+            let outcome = match tokio::time::timeout(
+                timeout,
+                call(Attempt {
+                    channel,
+                    header,
+                    timeout,
+                    max_message: self.cfg.max_message_bytes,
+                }),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(AttemptError::Lost(format!(
+                    "{} did not answer within {timeout:?}",
+                    pick.addr
+                ))),
+            };
+            let err = match outcome {
+                Ok((v, hdr)) => {
+                    self.pool.on_success(&pick.addr);
+                    self.learn(hdr.as_ref(), consistency, gen);
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            if write && err.maybe_applied() {
+                maybe_applied = true;
+            }
+            let mut immediate = false;
+            if err.is_node_failure() {
+                self.pool.on_failure(&pick.addr, Instant::now());
+                if let Some(n) = pick.node {
+                    self.router.write(|t| t.forget_leader(n));
+                }
+                // Another replica may be healthy: try it at once, then
+                // learn the new layout (single flight).
+                immediate = hops < 2;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.refresh(gen).await;
+                });
+            } else {
+                answered = true;
+                self.pool.on_success(&pick.addr);
+            }
+            if let AttemptError::Server { code, detail } = &err {
+                if let Some(e) = terminal(*code, detail) {
+                    return Err(e);
+                }
+                match code {
+                    ErrorCode::NotLeader => {
+                        self.stats.not_leader.fetch_add(1, Ordering::Relaxed);
+                        immediate = self.follow_hint(&pick, detail) && hops < 3;
+                    }
+                    ErrorCode::WrongShard | ErrorCode::UnknownShard => {
+                        let _ = tokio::time::timeout_at(deadline.into(), self.refresh(gen)).await;
+                        immediate = hops < 1;
+                    }
+                    _ => {}
+                }
+            }
+            last = Some(err);
+            if attempts >= self.cfg.max_attempts {
+                // Out of budget: no point waiting before giving up.
+                continue;
+            }
+            if immediate {
+                hops += 1;
+            } else {
+                hops = 0;
+                self.sleep_backoff(&mut retries, deadline).await;
+            }
+        }
+    }
+
+    /// Uses a NOT_LEADER hint: records the named leader (and its address,
+    /// should it be a node the table does not know yet). Returns whether
+    /// the hint names another node worth trying at once.
+    fn follow_hint(&self, pick: &Pick, d: &ErrorDetail) -> bool {
+        let shard = if d.shard_id != 0 { d.shard_id } else { pick.shard };
+        if d.leader_id == 0 || Some(d.leader_id) == pick.node || shard == 0 {
+            if let Some(n) = pick.node {
+                self.router.write(|t| {
+                    if t.shards.get(&shard).and_then(|s| s.leader) == Some(n) {
+                        t.forget_leader(n);
+                    }
+                });
+            }
+            return false;
+        }
+        let addr = self.router.write(|t| {
+            if !d.leader_addr.is_empty() {
+                t.nodes.entry(d.leader_id).or_insert_with(|| d.leader_addr.clone());
+            }
+            t.set_leader(shard, d.leader_id);
+            t.nodes.get(&d.leader_id).map(|a| normalize(a))
+        });
+        addr.is_some_and(|a| self.pool.health_rank(&a, Instant::now()) == 0)
+    }
+
+    async fn sleep_backoff(&self, retries: &mut u32, deadline: Instant) {
+        let d = self.backoff().delay(*retries);
+        *retries += 1;
+        let until = (Instant::now() + d).min(deadline);
+        tokio::time::sleep_until(until.into()).await;
+    }
+
+    /// The error an operation ends with when it stops retrying.
+    #[allow(clippy::too_many_arguments)]
+    fn give_up(
+        &self,
+        write: bool,
+        maybe_applied: bool,
+        answered: bool,
+        deadline_passed: bool,
+        attempts: u32,
+        shard: u64,
+        last: Option<AttemptError>,
+    ) -> Error {
+        let message = last.as_ref().map_or_else(
+            || "the deadline passed before the first attempt".to_string(),
+            |e| e.message(),
+        );
+        if write && maybe_applied {
+            return Error::Indeterminate { message };
+        }
+        if deadline_passed {
+            return Error::DeadlineExceeded { message };
+        }
+        match last {
+            Some(AttemptError::Server {
+                code: ErrorCode::Overloaded,
+                ..
+            }) => Error::Overloaded { attempts, message },
+            Some(AttemptError::Server {
+                code: code @ (ErrorCode::Storage | ErrorCode::Internal),
+                ..
+            }) => Error::Server {
+                code: code.as_str_name().to_string(),
+                message,
+            },
+            Some(AttemptError::Connect(_) | AttemptError::Lost(_)) if !answered => Error::Transport { message },
+            _ => Error::Unavailable {
+                shard_id: shard,
+                attempts,
+                message,
+            },
+        }
+    }
+}
