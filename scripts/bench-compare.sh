@@ -94,13 +94,16 @@ RESULTS=$OUT/runs.jsonl
 declare -A LOADED=()
 run() {
     local backend=$1 endpoints=$2 workload=$3 load=()
-    if [[ -z "${LOADED[$backend]:-}" ]]; then load=(--load); LOADED[$backend]=1; fi
+    # Load each system once (ringkv and ringkv-forward share a cluster).
+    local system="${endpoints:-local}"
+    if [[ -z "${LOADED[$system]:-}" ]]; then load=(--load); LOADED[$system]=1; fi
     "$BENCH" run --backend "$backend" --endpoints "$endpoints" --data-dir "$WORK/local" \
         --workload "$workload" --records "$RECORDS" --value-bytes "$VALUE_BYTES" --concurrency "$CLIENTS" \
         --seconds "$SECONDS_RUN" --warmup-seconds "$WARMUP" "${load[@]}" --out "$RESULTS"
 }
 for w in "${WORKLOADS[@]}"; do
     # Alternate the systems within each workload.
+    run ringkv "$RK_EP" "$w"
     run ringkv-forward "$RK_EP" "$w"
     run etcd "$EC_EP" "$w"
     run rocksdb-local "" "$w"

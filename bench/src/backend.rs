@@ -8,7 +8,7 @@
 //!   writes through the same group committer: the ceiling without
 //!   replication or network.
 //!
-//! The smart client backend joins once the `ringkv-client` crate exists.
+//! - `ringkv`: the smart client, every request straight to its shard leader.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +39,8 @@ const LOCAL_CAS_STRIPES: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// ringkv through the smart client (`ringkv-client`): straight to leaders.
+    Ringkv,
     RingkvForward,
     Etcd,
     RocksdbLocal,
@@ -47,6 +49,7 @@ pub enum Kind {
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Ringkv => "ringkv",
             Kind::RingkvForward => "ringkv-forward",
             Kind::Etcd => "etcd",
             Kind::RocksdbLocal => "rocksdb-local",
@@ -64,6 +67,7 @@ pub struct Local {
 /// A connection to the system under test; cheap to clone per task.
 #[derive(Clone)]
 pub enum Backend {
+    Smart(Arc<ringkv_client::Client>),
     Forward(KvClient<Channel>),
     /// Boxed: the etcd client is a few KiB.
     Etcd(Box<etcd_client::Client>),
@@ -75,6 +79,10 @@ impl Backend {
     /// by `ringkv-forward`); `dir` holds the `rocksdb-local` database.
     pub async fn connect(kind: Kind, endpoints: &[String], dir: &Path) -> anyhow::Result<Self> {
         Ok(match kind {
+            Kind::Ringkv => {
+                let c = ringkv_client::Client::connect(endpoints).await.context("connect ringkv")?;
+                Backend::Smart(Arc::new(c))
+            }
             Kind::RingkvForward => {
                 let addr = endpoints.first().context("no endpoint")?;
                 let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
@@ -106,6 +114,7 @@ impl Backend {
 
     pub async fn read(&mut self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
         match self {
+            Backend::Smart(c) => Ok(c.get(key).await?),
             Backend::Forward(kv) => {
                 let r = kv
                     .get(GetRequest {
@@ -126,6 +135,7 @@ impl Backend {
 
     pub async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         match self {
+            Backend::Smart(c) => c.put(key, value).await?,
             Backend::Forward(kv) => {
                 kv.put(PutRequest {
                     header: None,
@@ -148,6 +158,7 @@ impl Backend {
     /// Sets `key` to `new` if it holds `expected`; returns whether it did.
     pub async fn compare_and_swap(&mut self, key: &[u8], expected: &[u8], new: &[u8]) -> anyhow::Result<bool> {
         match self {
+            Backend::Smart(c) => Ok(c.compare_and_swap(key, Some(expected), Some(new)).await?.succeeded),
             Backend::Forward(kv) => {
                 let r = kv
                     .compare_and_swap(CompareAndSwapRequest {
