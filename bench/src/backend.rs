@@ -80,7 +80,9 @@ impl Backend {
     pub async fn connect(kind: Kind, endpoints: &[String], dir: &Path) -> anyhow::Result<Self> {
         Ok(match kind {
             Kind::Ringkv => {
-                let c = ringkv_client::Client::connect(endpoints).await.context("connect ringkv")?;
+                let c = ringkv_client::Client::connect(endpoints)
+                    .await
+                    .context("connect ringkv")?;
                 Backend::Smart(Arc::new(c))
             }
             Kind::RingkvForward => {
