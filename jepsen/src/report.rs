@@ -38,6 +38,18 @@ impl Validity {
         out
     }
 
+    /// A checker's verdict from what it found: invalid with any anomaly,
+    /// else unknown when anything could not be decided, else valid.
+    pub fn of(anomalies: bool, undecided: bool) -> Validity {
+        if anomalies {
+            Validity::Invalid
+        } else if undecided {
+            Validity::Unknown
+        } else {
+            Validity::Valid
+        }
+    }
+
     /// The CLI's exit status for this verdict: 0 valid, 1 invalid, 2 unknown.
     pub fn exit_code(self) -> u8 {
         match self {

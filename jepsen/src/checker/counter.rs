@@ -48,13 +48,7 @@ pub fn check(history: &History) -> CheckerReport {
     if keys.is_empty() {
         unknown_keys.push(json!({"key": null, "reason": "no counter operations (incr) in the history"}));
     }
-    let valid = if !anomalies.is_empty() {
-        Validity::Invalid
-    } else if !unknown_keys.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Valid
-    };
+    let valid = Validity::of(!anomalies.is_empty(), !unknown_keys.is_empty());
     let mut stats = Map::new();
     stats.insert("keys".into(), json!(keys.len()));
     stats.insert("reads".into(), json!(t.reads));

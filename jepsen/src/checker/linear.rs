@@ -95,16 +95,10 @@ pub fn check(history: &History, budget: Budget) -> CheckerReport {
             }
         }
     }
-    let valid = if keys.is_empty() {
+    if keys.is_empty() {
         unknown_keys.push(json!({"key": null, "reason": "no register operations (read/write/cas) in the history"}));
-        Validity::Unknown
-    } else if invalid_keys > 0 {
-        Validity::Invalid
-    } else if !unknown_keys.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Valid
-    };
+    }
+    let valid = Validity::of(invalid_keys > 0, !unknown_keys.is_empty());
     let mut stats = Map::new();
     stats.insert("keys".into(), json!(keys.len()));
     stats.insert("ops".into(), json!(ops));

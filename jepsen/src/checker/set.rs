@@ -52,13 +52,7 @@ pub fn check(history: &History) -> CheckerReport {
     if keys.is_empty() {
         unknown_keys.push(json!({"key": null, "reason": "no set operations (add/read-all) in the history"}));
     }
-    let valid = if !anomalies.is_empty() {
-        Validity::Invalid
-    } else if !unknown_keys.is_empty() {
-        Validity::Unknown
-    } else {
-        Validity::Valid
-    };
+    let valid = Validity::of(!anomalies.is_empty(), !unknown_keys.is_empty());
     let mut stats = Map::new();
     for (name, v) in [
         ("keys", keys.len() as u64),
