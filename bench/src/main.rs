@@ -12,8 +12,6 @@ use ringkv_bench::backend::Kind;
 use ringkv_bench::report;
 use ringkv_bench::runner;
 use ringkv_bench::runner::RunConfig;
-use ringkv_bench::workload::Distribution;
-use ringkv_bench::workload::Workload;
 
 #[derive(Parser)]
 #[command(
@@ -38,25 +36,8 @@ enum Cmd {
         /// Database directory of the rocksdb-local backend.
         #[arg(long, default_value = "./data/bench-local")]
         data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "a")]
-        workload: Workload,
-        #[arg(long, value_enum, default_value = "uniform")]
-        distribution: Distribution,
-        #[arg(long, default_value_t = 10_000)]
-        records: u64,
-        #[arg(long, default_value_t = 100)]
-        value_bytes: usize,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        #[arg(long, default_value_t = 3)]
-        warmup_seconds: u64,
-        /// Open loop at this many ops/s (default: closed loop).
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        cfg: RunConfig,
         /// Insert the records first.
         #[arg(long)]
         load: bool,
@@ -80,46 +61,30 @@ async fn main() -> anyhow::Result<()> {
             backend,
             endpoints,
             data_dir,
-            workload,
-            distribution,
-            records,
-            value_bytes,
-            concurrency,
-            seconds,
-            warmup_seconds,
-            rate,
-            seed,
+            cfg,
             load,
             out,
         } => {
-            let cfg = RunConfig {
-                workload,
-                distribution,
-                records,
-                value_bytes,
-                concurrency,
-                seconds,
-                warmup_seconds,
-                rate,
-                seed,
-            };
             cfg.validate()?;
             let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
             let b = Backend::connect(backend, &endpoints, &data_dir).await?;
             if load {
-                eprintln!("loading {records} records into {}", backend.name());
-                runner::load(&b, records, value_bytes, concurrency).await?;
+                eprintln!("loading {} records into {}", cfg.records, backend.name());
+                runner::load(&b, cfg.records, cfg.value_bytes, cfg.concurrency).await?;
             }
             eprintln!(
-                "running {:?} on {} with {concurrency} clients for {seconds}s (+{warmup_seconds}s warm-up)",
-                workload,
-                backend.name()
+                "running {:?} on {} with {} clients for {}s (+{}s warm-up)",
+                cfg.workload,
+                backend.name(),
+                cfg.concurrency,
+                cfg.seconds,
+                cfg.warmup_seconds
             );
             let r = runner::run(&b, backend.name(), cfg).await?;
             println!(
                 "{} {:?}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, errors {}",
                 r.backend,
-                workload,
+                r.config.workload,
                 r.ops_per_second,
                 r.latency.p50_us as f64 / 1e3,
                 r.latency.p99_us as f64 / 1e3,

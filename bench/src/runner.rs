@@ -37,18 +37,30 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Highest latency the histograms track (µs); slower requests are clamped.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
-/// What to run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What to run (also the command-line flags of `ringkv-bench run`).
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
 pub struct RunConfig {
+    #[arg(long, value_enum, default_value = "a")]
     pub workload: Workload,
+    #[arg(long, value_enum, default_value = "uniform")]
     pub distribution: Distribution,
+    #[arg(long, default_value_t = 10_000)]
     pub records: u64,
+    #[arg(long, default_value_t = 100)]
     pub value_bytes: usize,
+    /// Concurrent clients (closed loop) or most outstanding requests (open).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// Seconds run before measuring.
+    #[arg(long, default_value_t = 3)]
     pub warmup_seconds: u64,
     /// Open loop at this many operations per second; `None` = closed loop.
+    #[arg(long)]
     pub rate: Option<f64>,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
