@@ -52,7 +52,15 @@ pub struct Config {
     pub initial_cluster: String,
     /// Number of data shards the ring is split into at bootstrap.
     pub shards: u32,
+    /// `host:port` of any member of a running cluster: on first start the
+    /// node joins that cluster instead of bootstrapping one (then
+    /// `initial_cluster` and `shards` are not used). Ignored on restarts.
+    pub join: String,
+    /// Address peers and clients reach this node at. Empty = its address in
+    /// `initial_cluster`, else `listen`.
+    pub advertise: String,
     pub raft: RaftConfig,
+    pub placement: PlacementConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionConfig,
     pub storage: StorageConfig,
@@ -79,6 +87,37 @@ pub struct RaftConfig {
     pub append_entries_max: u64,
     /// How long a request waits for a shard to elect a leader.
     pub leader_wait_ms: u64,
+}
+
+/// Replica placement, run by the metadata group's leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlacementConfig {
+    /// How often the metadata leader checks nodes and drives moves.
+    pub tick_ms: u64,
+    /// Replica moves in flight at once (operator, rebalance and repair
+    /// moves together); bounds the copy traffic competing with clients.
+    pub moves_in_flight_max: usize,
+    /// A node is "up" if it answered the metadata leader within this time.
+    pub node_alive_ms: u64,
+    /// A node silent for longer is treated as gone: its replicas are
+    /// re-created on other nodes.
+    pub node_down_replace_ms: u64,
+    /// A move whose target stays silent this long is rolled back (only
+    /// before the target became a voter).
+    pub move_target_down_ms: u64,
+}
+
+impl Default for PlacementConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: 500,
+            moves_in_flight_max: 2,
+            node_alive_ms: 5_000,
+            node_down_replace_ms: 10 * 60 * 1000,
+            move_target_down_ms: 60_000,
+        }
+    }
 }
 
 /// Limits checked at the edge, on every request.
@@ -208,7 +247,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./data/ringkv"),
             initial_cluster: String::new(),
             shards: 16,
+            join: String::new(),
+            advertise: String::new(),
             raft: RaftConfig::default(),
+            placement: PlacementConfig::default(),
             limits: LimitsConfig::default(),
             sessions: SessionConfig::default(),
             storage: StorageConfig::default(),
@@ -320,12 +362,47 @@ impl Config {
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));
         }
-        let nodes = self.initial_nodes()?;
-        if !nodes.contains_key(&self.node_id) {
+        if !self.advertise.is_empty() && self.advertise.parse::<SocketAddr>().is_err() {
+            return bad(format!("advertise {:?} is not an ip:port address", self.advertise));
+        }
+        if self.join.is_empty() {
+            let nodes = self.initial_nodes()?;
+            if !nodes.contains_key(&self.node_id) {
+                return bad(format!(
+                    "node_id {} does not appear in initial_cluster {:?}",
+                    self.node_id, self.initial_cluster
+                ));
+            }
+        } else {
+            if self.join.parse::<SocketAddr>().is_err() {
+                return bad(format!("join {:?} is not an ip:port address", self.join));
+            }
+            if self
+                .advertise_addr()
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+            {
+                return bad("a joining node needs `advertise` when `listen` is a wildcard address".into());
+            }
+        }
+        let p = &self.placement;
+        if p.tick_ms == 0 || p.tick_ms > 60_000 {
+            return bad("placement.tick_ms must be 1..=60000".into());
+        }
+        if p.moves_in_flight_max > crate::placement::MOVES_IN_FLIGHT_MAX {
             return bad(format!(
-                "node_id {} does not appear in initial_cluster {:?}",
-                self.node_id, self.initial_cluster
+                "placement.moves_in_flight_max must be <= {}",
+                crate::placement::MOVES_IN_FLIGHT_MAX
             ));
+        }
+        if p.node_alive_ms < 2 * p.tick_ms {
+            return bad("placement.node_alive_ms must be at least twice placement.tick_ms".into());
+        }
+        if p.node_down_replace_ms < p.node_alive_ms || p.move_target_down_ms < p.node_alive_ms {
+            return bad(
+                "placement.node_down_replace_ms and placement.move_target_down_ms must be >= placement.node_alive_ms"
+                    .into(),
+            );
         }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
@@ -378,6 +455,17 @@ impl Config {
             return bad("storage.group_commit_requests_max must be > 0".into());
         }
         Ok(())
+    }
+
+    /// The address peers and clients reach this node at.
+    pub fn advertise_addr(&self) -> String {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
+        self.initial_nodes()
+            .ok()
+            .and_then(|n| n.get(&self.node_id).cloned())
+            .unwrap_or_else(|| self.listen.clone())
     }
 
     /// Largest gRPC message a node accepts: one maximal batch plus framing.

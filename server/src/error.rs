@@ -48,6 +48,8 @@ pub enum ServerError {
     Internal(String),
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    #[error("precondition failed: {0}")]
+    Precondition(String),
 }
 
 impl ServerError {
@@ -65,6 +67,7 @@ impl ServerError {
             ServerError::Storage(_) => ErrorCode::Storage,
             ServerError::Internal(_) => ErrorCode::Internal,
             ServerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ServerError::Precondition(_) => ErrorCode::PreconditionFailed,
         }
     }
 
@@ -142,6 +145,7 @@ impl ServerError {
             ServerError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             ServerError::Storage(_) | ServerError::Internal(_) => tonic::Code::Internal,
             ServerError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServerError::Precondition(_) => tonic::Code::FailedPrecondition,
         };
         let detail = self.detail(epoch);
         let details = ringkv_proto::encode_status_details(code as i32, &detail);
@@ -187,8 +191,15 @@ impl ServerError {
             ErrorCode::Storage => ServerError::Storage(msg),
             ErrorCode::Internal | ErrorCode::Unspecified => ServerError::Internal(msg),
             ErrorCode::Unauthenticated => ServerError::Unauthenticated(msg),
+            ErrorCode::PreconditionFailed => ServerError::Precondition(msg),
         };
         Some((e, detail))
+    }
+}
+
+impl From<crate::placement::PlacementError> for ServerError {
+    fn from(e: crate::placement::PlacementError) -> Self {
+        ServerError::Precondition(e.to_string())
     }
 }
 

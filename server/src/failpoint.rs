@@ -21,6 +21,12 @@ pub const KV_ABORT_AFTER_WRITE: &str = "kv.abort_after_write";
 /// Corrupts one byte of an outgoing snapshot chunk.
 pub const SNAPSHOT_CORRUPT_CHUNK: &str = "snapshot.corrupt_chunk";
 
+/// Delays the receipt of an incoming snapshot chunk by
+/// [`SNAPSHOT_SLOW_RECEIVE_MS`], so tests can act in the middle of a
+/// replica's catch-up.
+pub const SNAPSHOT_SLOW_RECEIVE: &str = "snapshot.slow_receive";
+pub const SNAPSHOT_SLOW_RECEIVE_MS: u64 = 300;
+
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
     TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))

@@ -16,6 +16,7 @@ pub mod error;
 pub mod failpoint;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod raft;
 pub mod ring;
 pub mod service;

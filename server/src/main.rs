@@ -50,6 +50,29 @@ struct Args {
     /// Data shards created at bootstrap.
     #[arg(long)]
     shards: Option<u32>,
+    /// Join the running cluster that has a member at this host:port (first
+    /// start only) instead of bootstrapping one.
+    #[arg(long)]
+    join: Option<String>,
+    /// Address peers and clients reach this node at (default: its
+    /// --initial-cluster entry, else --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// How often the metadata leader checks nodes and drives moves.
+    #[arg(long)]
+    placement_tick_ms: Option<u64>,
+    /// Replica moves in flight at once.
+    #[arg(long)]
+    moves_in_flight_max: Option<usize>,
+    /// A node silent this long has its replicas re-created elsewhere.
+    #[arg(long)]
+    node_down_replace_ms: Option<u64>,
+    /// A move whose target is silent this long is rolled back.
+    #[arg(long)]
+    move_target_down_ms: Option<u64>,
+    /// A node is up if it answered the metadata leader within this time.
+    #[arg(long)]
+    node_alive_ms: Option<u64>,
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long)]
@@ -115,6 +138,13 @@ impl Args {
         set!(self.data_dir, c.data_dir);
         set!(self.initial_cluster, c.initial_cluster);
         set!(self.shards, c.shards);
+        set!(self.join, c.join);
+        set!(self.advertise, c.advertise);
+        set!(self.placement_tick_ms, c.placement.tick_ms);
+        set!(self.moves_in_flight_max, c.placement.moves_in_flight_max);
+        set!(self.node_down_replace_ms, c.placement.node_down_replace_ms);
+        set!(self.move_target_down_ms, c.placement.move_target_down_ms);
+        set!(self.node_alive_ms, c.placement.node_alive_ms);
         set!(self.heartbeat_interval_ms, c.raft.heartbeat_interval_ms);
         set!(self.election_timeout_ms_min, c.raft.election_timeout_ms_min);
         set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);

@@ -7,6 +7,7 @@
 //! linearizable read safe. It does not speak gRPC to clients (see `service`)
 //! and does not decide what a command does (see `storage::state_machine`).
 
+pub mod membership;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -25,9 +26,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::failpoint;
-use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
-use crate::raft::openraft_config;
 use crate::raft::read_index::ReadIndex;
 use crate::raft::types::decode;
 use crate::raft::types::encode;
@@ -42,8 +41,6 @@ use crate::ring::META_SHARD_ID;
 use crate::storage::group_commit::GroupCommit;
 use crate::storage::group_commit::WriteOp;
 use crate::storage::keys;
-use crate::storage::log_store::LogStore;
-use crate::storage::state_machine::ShardStateMachine;
 use crate::storage::state_machine::SmStats;
 use crate::storage::Cf;
 use crate::storage::Db;
@@ -107,8 +104,10 @@ pub struct Node {
     pub gc: GroupCommit,
     pub pool: Arc<PeerPool>,
     /// The ring this node routes with: the bootstrap layout, replaced by
-    /// newer layouts the metadata group commits. Never held across an await.
-    layout: std::sync::RwLock<Arc<ClusterLayout>>,
+    /// newer layouts the metadata group commits (epochs only grow).
+    layout: watch::Sender<Arc<ClusterLayout>>,
+    /// Serializes changes to the set of hosted groups.
+    reconcile_lock: tokio::sync::Mutex<()>,
     /// Hosted shards by id, the metadata group included. Never held across
     /// an await.
     shards: std::sync::RwLock<BTreeMap<u64, Arc<Shard>>>,
@@ -127,6 +126,19 @@ pub struct Node {
     /// shard ranges than its peers.
     layout_confirmed: std::sync::atomic::AtomicBool,
     pub sm_stats: Arc<SmStats>,
+    /// What the placement driver observed (metadata leader only).
+    pub placement: crate::placement::driver::DriverState,
+}
+
+/// How a node came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartMode {
+    /// First start with `initial_cluster`: compute and initialize the layout.
+    Bootstrap,
+    /// First start with `join`: the layout came from the cluster.
+    Join,
+    /// The data dir holds a node: resume its recorded layout.
+    Resume,
 }
 
 impl Node {
@@ -145,8 +157,12 @@ impl Node {
                 detail: e.to_string(),
             })?),
         };
-        let fresh = existing.is_none();
-        let layout = match existing {
+        let id = cfg.node_id;
+        let tls = crate::tls::load(&cfg.tls)?;
+        let source = cfg.peer_source_address.parse().ok();
+        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()), source);
+        let admin_token = read_admin_token(&cfg.admin.token_file)?;
+        let (layout, mode) = match existing {
             Some(r) => {
                 if r.node_id != cfg.node_id {
                     return Err(NodeError::WrongNode {
@@ -155,7 +171,12 @@ impl Node {
                     });
                 }
                 tracing::info!(node = cfg.node_id, epoch = r.layout.epoch, "resuming from data dir");
-                r.layout
+                (r.layout, StartMode::Resume)
+            }
+            None if !cfg.join.is_empty() => {
+                let l = membership::join_cluster(&cfg, &pool, admin_token.as_deref()).await?;
+                tracing::info!(node = id, epoch = l.epoch, via = %cfg.join, "joined the cluster");
+                (l, StartMode::Join)
             }
             None => {
                 let l = ClusterLayout::bootstrap(&cfg.initial_nodes()?, cfg.shards);
@@ -164,56 +185,25 @@ impl Node {
                     shards = l.shards.len(),
                     "bootstrapping a new cluster"
                 );
-                l
+                (l, StartMode::Bootstrap)
             }
         };
         if let Err(e) = layout.check() {
             return Err(NodeError::Raft(format!("invalid layout: {e}")));
         }
-        let id = cfg.node_id;
-        let tls = crate::tls::load(&cfg.tls)?;
-        let source = cfg.peer_source_address.parse().ok();
-        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()), source);
         let sm_stats = Arc::new(SmStats::default());
-        let mut groups: Vec<ShardInfo> = layout.shards_on(id).cloned().collect();
-        if layout.meta_replicas.contains(&id) {
-            groups.push(ShardInfo {
-                id: META_SHARD_ID,
-                replicas: layout.meta_replicas.clone(),
-                ranges: vec![],
-            });
-        }
         let mut shards = BTreeMap::new();
         let mut meta_layout = None;
-        for info in groups {
-            let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
-            let mut log = LogStore::new(info.id, db.clone(), gc.clone());
-            // A group with a vote or any log entry was initialized before.
-            let uninitialized = {
-                use openraft::storage::RaftLogStorage;
-                let state = log.get_log_state().await.map_err(|e| NodeError::Raft(e.to_string()))?;
-                let vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
-                state.last_log_id.is_none() && vote.is_none()
-            };
-            let sm = ShardStateMachine::open(
-                info.id,
-                db.clone(),
-                info.ranges.clone(),
-                cfg.sessions.ttl_ms,
-                sm_stats.clone(),
-            )
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-            if info.id == META_SHARD_ID {
-                meta_layout = Some(sm.subscribe_layout());
+        for shard_id in crate::placement::hosted_by(&layout, id) {
+            let info = group_info(&layout, shard_id);
+            let (shard, meta, uninitialized) =
+                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_stats, info.clone()).await?;
+            if meta.is_some() {
+                meta_layout = meta;
             }
-            let net = NetworkFactory {
-                shard: info.id,
-                pool: pool.clone(),
-            };
-            let raft = Raft::new(id, config, net, log, sm)
-                .await
-                .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
-            if uninitialized {
+            // Only a bootstrapping node initializes groups: every other
+            // group gets its membership from its leader.
+            if uninitialized && mode == StartMode::Bootstrap {
                 let members: BTreeMap<u64, BasicNode> = info
                     .replicas
                     .iter()
@@ -228,20 +218,11 @@ impl Node {
                 } else {
                     INIT_FALLBACK_ELECTIONS * cfg.raft.election_timeout_ms_max
                 };
-                tokio::spawn(initialize_group(raft.clone(), info.id, members, delay_ms));
+                tokio::spawn(initialize_group(shard.raft.clone(), info.id, members, delay_ms));
             }
-            let reads = ReadIndex::new(raft.clone());
-            shards.insert(
-                info.id,
-                Arc::new(Shard {
-                    id: info.id,
-                    info,
-                    raft,
-                    reads,
-                }),
-            );
+            shards.insert(shard_id, shard);
         }
-        if fresh {
+        if mode != StartMode::Resume {
             let rec = BootstrapRecord {
                 node_id: id,
                 layout: layout.clone(),
@@ -249,14 +230,14 @@ impl Node {
             gc.write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
                 .await?;
         }
-        let admin_token = read_admin_token(&cfg.admin.token_file)?;
         let node = Arc::new(Node {
             id,
             cfg,
             db,
             gc,
             pool,
-            layout: std::sync::RwLock::new(Arc::new(layout)),
+            layout: watch::Sender::new(Arc::new(layout)),
+            reconcile_lock: tokio::sync::Mutex::new(()),
             shards: std::sync::RwLock::new(shards),
             meta_layout,
             stats: NodeStats::default(),
@@ -265,21 +246,31 @@ impl Node {
             metrics: crate::metrics::Metrics::default(),
             layout_confirmed: std::sync::atomic::AtomicBool::new(false),
             sm_stats,
+            placement: Default::default(),
         });
-        if node.hosts(META_SHARD_ID) {
+        membership::drop_orphans(&node).await;
+        if mode == StartMode::Bootstrap && node.hosts(META_SHARD_ID) {
             tokio::spawn(install_layout(node.clone()));
             tokio::spawn(confirm_layout(node.clone()));
         } else {
-            // Not a metadata member: nothing local to compare with (nodes
-            // beyond the first three; see the closing notes of issue 2).
+            // Resumed or joined: the layout came from the cluster. (A node
+            // bootstrapping without the metadata group has nothing local to
+            // compare with.)
             node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
         }
+        tokio::spawn(membership::sync_layout(node.clone()));
+        tokio::spawn(crate::placement::driver::run(node.clone()));
         Ok(node)
     }
 
     /// The current routing layout.
     pub fn layout(&self) -> Arc<ClusterLayout> {
-        self.layout.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.layout.borrow().clone()
+    }
+
+    /// Watches the routing layout.
+    pub fn subscribe_layout(&self) -> watch::Receiver<Arc<ClusterLayout>> {
+        self.layout.subscribe()
     }
 
     /// A hosted shard.
@@ -522,6 +513,20 @@ impl Node {
             }
         }
         Ok(out)
+    }
+}
+
+/// The `ShardInfo` a hosted group is opened with; the metadata group has
+/// no token ranges.
+fn group_info(layout: &ClusterLayout, shard_id: u64) -> ShardInfo {
+    match layout.shards.get(&shard_id) {
+        Some(s) => s.clone(),
+        None => ShardInfo {
+            id: META_SHARD_ID,
+            replicas: layout.meta_replicas.clone(),
+            ranges: vec![],
+            learners: vec![],
+        },
     }
 }
 

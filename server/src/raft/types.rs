@@ -73,6 +73,12 @@ pub enum Command {
     },
     /// Metadata group only: install the bootstrap layout if none exists.
     InitCluster(ClusterLayout),
+    /// Metadata group only: replace the layout if its epoch is still
+    /// `expected_epoch` (compare-and-swap); `layout.epoch` must be the next.
+    UpdateLayout {
+        expected_epoch: u64,
+        layout: ClusterLayout,
+    },
 }
 
 /// The result of applying a [`RaftRequest`].
@@ -96,6 +102,12 @@ pub enum RaftResponse {
     /// sent to the metadata group). Deterministic on every replica.
     Rejected {
         reason: String,
+    },
+    /// Metadata group: whether an `UpdateLayout` was applied, and the epoch
+    /// of the layout in force after it.
+    Layout {
+        applied: bool,
+        epoch: u64,
     },
 }
 

@@ -7,6 +7,7 @@
 //! exactly once.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -43,6 +44,36 @@ pub struct ShardInfo {
     /// Node ids holding a replica, in preference order.
     pub replicas: Vec<u64>,
     pub ranges: Vec<TokenRange>,
+    /// Nodes receiving a copy of the shard as non-voting learners: the
+    /// targets of in-flight moves. They host the group but serve nothing.
+    pub learners: Vec<u64>,
+}
+
+impl ShardInfo {
+    /// Nodes that must host a Raft group of this shard: replicas and learners.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.replicas.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+/// An in-flight replica move of one shard: `to` joins as a learner, catches
+/// up, replaces `from` among the voters, and the layout then names `to`
+/// instead of `from`. Recorded in the layout (committed by the metadata group)
+/// before any step is taken, so whichever node leads the metadata group
+/// resumes it after a crash. See `placement` for the steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveOp {
+    pub id: u64,
+    pub shard: u64,
+    pub from: u64,
+    pub to: u64,
+    /// Why the move was started (operator, rebalance, decommission, ...).
+    pub reason: String,
+    /// Wall-clock milliseconds of the metadata leader that recorded it.
+    pub created_ms: u64,
+    /// Set when the move is to be rolled back: the learner is removed and the
+    /// shard keeps its replicas. Only possible before `to` became a voter.
+    pub cancelled: bool,
 }
 
 /// Everything the metadata group stores: nodes, shards, ring and epoch.
@@ -57,6 +88,16 @@ pub struct ClusterLayout {
     pub shards: BTreeMap<u64, ShardInfo>,
     /// Range start token -> owning shard; the first key is always 0.
     pub ring: BTreeMap<u64, u64>,
+    /// In-flight replica moves by id; at most one per shard.
+    pub ops: BTreeMap<u64, MoveOp>,
+    /// Id the next recorded operation gets.
+    pub next_op_id: u64,
+    /// Nodes being decommissioned: every replica moves away, then the node
+    /// leaves `nodes`.
+    pub draining: BTreeSet<u64>,
+    /// Whether the metadata leader starts moves on its own to balance
+    /// replicas. Moves off draining nodes happen either way.
+    pub rebalance_enabled: bool,
 }
 
 /// Errors in a layout; they indicate a bug or corrupt metadata.
@@ -70,6 +111,10 @@ pub enum RingError {
     RangeMismatch(u64),
     #[error("shard {0} names replica {1} which is not a node")]
     UnknownReplica(u64, u64),
+    #[error("shard {0} lists node {1} twice among its replicas and learners")]
+    DuplicateMember(u64, u64),
+    #[error("operation {0} is inconsistent with its shard: {1}")]
+    BadOp(u64, String),
 }
 
 impl ClusterLayout {
@@ -100,6 +145,7 @@ impl ClusterLayout {
                     id,
                     replicas,
                     ranges: vec![TokenRange { start, end }],
+                    learners: vec![],
                 },
             );
         }
@@ -109,6 +155,10 @@ impl ClusterLayout {
             meta_replicas: ids.iter().copied().take(META_REPLICAS_MAX).collect(),
             shards,
             ring,
+            ops: BTreeMap::new(),
+            next_op_id: 1,
+            draining: BTreeSet::new(),
+            rebalance_enabled: true,
         };
         debug_assert_eq!(layout.check(), Ok(()));
         layout
@@ -129,6 +179,17 @@ impl ClusterLayout {
         self.shards.values().filter(move |s| s.replicas.contains(&node_id))
     }
 
+    /// Shards `node_id` must host a Raft group of: as a replica or as the
+    /// learner of an in-flight move.
+    pub fn groups_on(&self, node_id: u64) -> impl Iterator<Item = &ShardInfo> {
+        self.shards.values().filter(move |s| s.members().any(|m| m == node_id))
+    }
+
+    /// The in-flight move of `shard`, if any.
+    pub fn op_of(&self, shard: u64) -> Option<&MoveOp> {
+        self.ops.values().find(|o| o.shard == shard)
+    }
+
     /// Verifies the layout's internal consistency.
     pub fn check(&self) -> Result<(), RingError> {
         if self.ring.keys().next() != Some(&0) {
@@ -146,8 +207,41 @@ impl ClusterLayout {
             if info.ranges.iter().any(|r| self.ring.get(&r.start) != Some(&info.id)) {
                 return Err(RingError::RangeMismatch(info.id));
             }
-            if let Some(r) = info.replicas.iter().find(|r| !self.nodes.contains_key(r)) {
-                return Err(RingError::UnknownReplica(info.id, *r));
+            if let Some(r) = info.members().find(|r| !self.nodes.contains_key(r)) {
+                return Err(RingError::UnknownReplica(info.id, r));
+            }
+            let mut seen = BTreeSet::new();
+            if let Some(r) = info.members().find(|r| !seen.insert(*r)) {
+                return Err(RingError::DuplicateMember(info.id, r));
+            }
+        }
+        let mut op_shards = BTreeSet::new();
+        for op in self.ops.values() {
+            let bad = |why: &str| Err(RingError::BadOp(op.id, why.to_string()));
+            let Some(info) = self.shards.get(&op.shard) else {
+                return bad("unknown shard");
+            };
+            if !op_shards.insert(op.shard) {
+                return bad("a second operation on the same shard");
+            }
+            if op.id >= self.next_op_id {
+                return bad("id not below next_op_id");
+            }
+            if !info.replicas.contains(&op.from) {
+                return bad("source is not a replica");
+            }
+            if !info.learners.contains(&op.to) {
+                return bad("target is not a learner");
+            }
+        }
+        for info in self.shards.values() {
+            for l in &info.learners {
+                if !self.ops.values().any(|o| o.shard == info.id && o.to == *l) {
+                    return Err(RingError::BadOp(
+                        0,
+                        format!("learner {l} of shard {} has no operation", info.id),
+                    ));
+                }
             }
         }
         Ok(())

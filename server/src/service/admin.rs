@@ -1,11 +1,18 @@
 //! `ringkv.v1.Admin`: cluster layout with live leader information, node
-//! counters, and an on-demand snapshot + log purge of a shard.
+//! counters, an on-demand snapshot + log purge of a shard, shard exports,
+//! and the placement calls (nodes, shards, moves, decommission).
 //!
-//! Read-only except `TriggerSnapshot`; never touches user data.
+//! Placement calls run on the metadata leader: any other node forwards them
+//! there, with the caller's credentials, at most
+//! `META_FORWARD_HOPS_MAX` hops. Never touches user data.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use ringkv_proto::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
 
 use ringkv_proto::v1::admin_server::Admin;
 use ringkv_proto::v1::*;
@@ -22,6 +29,10 @@ use crate::ring::META_SHARD_ID;
 
 /// Longest `TriggerSnapshot` waits for the snapshot to be built.
 pub const TRIGGER_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+/// Metadata key counting how often a placement call was forwarded.
+const ADMIN_HOPS_METADATA_KEY: &str = "ringkv-admin-hops";
+/// Deadline of a forwarded placement call.
+const ADMIN_FORWARD_TIMEOUT_MS: u64 = 30_000;
 
 /// Checks the `authorization: Bearer <token>` metadata of an Admin call
 /// when a token is configured. Compares in constant time.
@@ -76,6 +87,102 @@ impl AdminService {
             st.last_applied_index = m.last_applied.map_or(0, |l| l.index);
         }
         st
+    }
+}
+
+impl AdminService {
+    /// Runs `local` when this node leads the metadata group, else forwards
+    /// the call (`remote`) towards the leader.
+    async fn on_meta_leader<Req, Resp, L, LF, R, RF>(
+        &self,
+        req: Request<Req>,
+        local: L,
+        remote: R,
+    ) -> Result<Response<Resp>, Status>
+    where
+        L: FnOnce(Arc<Node>, Req) -> LF,
+        LF: Future<Output = Result<Resp, ServerError>>,
+        R: FnOnce(AdminClient<Channel>, Request<Req>) -> RF,
+        RF: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let node = self.node.clone();
+        let epoch = node.epoch();
+        if node.is_meta_leader() {
+            return local(node, req.into_inner())
+                .await
+                .map(Response::new)
+                .map_err(|e| e.to_status(epoch));
+        }
+        let hops: u32 = req
+            .metadata()
+            .get(ADMIN_HOPS_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let unavailable = |reason: String| {
+            ServerError::ShardUnavailable {
+                shard_id: META_SHARD_ID,
+                reason,
+            }
+            .to_status(epoch)
+        };
+        if hops >= crate::node::membership::META_FORWARD_HOPS_MAX {
+            return Err(unavailable(
+                "the metadata leader could not be reached (too many hops)".into(),
+            ));
+        }
+        let layout = node.layout();
+        let target = match node.meta_leader() {
+            Some(l) => l,
+            None if node.hosts(META_SHARD_ID) => {
+                return Err(unavailable("the metadata group has no leader right now; retry".into()))
+            }
+            // Not a member: ask a member, which knows its leader.
+            None => match layout.meta_replicas.iter().copied().find(|m| *m != node.id) {
+                Some(m) => m,
+                None => return Err(unavailable("no metadata member known".into())),
+            },
+        };
+        let addr = layout
+            .nodes
+            .get(&target)
+            .cloned()
+            .ok_or_else(|| unavailable(format!("node {target} has no address")))?;
+        let peer = node.pool.peer(target, &addr).map_err(unavailable)?;
+        let (mut meta, _, inner) = req.into_parts();
+        meta.insert(
+            ADMIN_HOPS_METADATA_KEY,
+            (hops + 1)
+                .to_string()
+                .parse()
+                .map_err(|_| unavailable("bad hop count".into()))?,
+        );
+        meta.remove("grpc-timeout");
+        let mut r = Request::from_parts(meta, Default::default(), inner);
+        r.set_timeout(Duration::from_millis(ADMIN_FORWARD_TIMEOUT_MS));
+        remote(AdminClient::new(peer.channel.clone()), r).await
+    }
+}
+
+fn op_to_proto(node: &Node, op: &crate::ring::MoveOp) -> Operation {
+    let progress = node
+        .placement
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&op.id)
+        .cloned();
+    let (step, behind) = progress.unwrap_or_else(|| ("unknown".into(), -1));
+    Operation {
+        id: op.id,
+        shard_id: op.shard,
+        from_node: op.from,
+        to_node: op.to,
+        reason: op.reason.clone(),
+        step,
+        entries_behind: behind,
+        age_ms: crate::node::now_ms().saturating_sub(op.created_ms),
+        cancelled: op.cancelled,
     }
 }
 
@@ -243,5 +350,218 @@ impl Admin for AdminService {
             snapshot_index: snap,
             purged_upto: purged,
         }))
+    }
+
+    async fn list_nodes(&self, request: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, _| async move {
+                let l = node.committed_layout().await?;
+                let p = &node.cfg.placement;
+                let (up, _) =
+                    node.placement
+                        .liveness
+                        .classify(l.nodes.keys().copied(), p.node_alive_ms, p.node_down_replace_ms);
+                let leaders = node
+                    .placement
+                    .leaders_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let nodes = l
+                    .nodes
+                    .iter()
+                    .map(|(id, addr)| NodeStatus {
+                        id: *id,
+                        addr: addr.clone(),
+                        up: up.contains(id),
+                        last_seen_ms_ago: node
+                            .placement
+                            .liveness
+                            .silent_for(*id)
+                            .map_or(0, |d| d.as_millis() as u64),
+                        draining: l.draining.contains(id),
+                        metadata_member: l.meta_replicas.contains(id),
+                        replicas: l.shards_on(*id).count() as u64,
+                        leaders: leaders.get(id).map_or(0, |s| s.len() as u64),
+                    })
+                    .collect();
+                Ok(ListNodesResponse {
+                    epoch: l.epoch,
+                    nodes,
+                    rebalance_enabled: l.rebalance_enabled,
+                })
+            },
+            |mut c, r| async move { c.list_nodes(r).await },
+        )
+        .await
+    }
+
+    async fn list_shards(&self, request: Request<ListShardsRequest>) -> Result<Response<ListShardsResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, _| async move {
+                let l = node.committed_layout().await?;
+                let shards = l
+                    .shards
+                    .values()
+                    .map(|s| ShardPlacement {
+                        id: s.id,
+                        replicas: s.replicas.clone(),
+                        learners: s.learners.clone(),
+                        ranges: ranges(&s.ranges),
+                        leader_id: node.placement.leader_of(s.id).unwrap_or(0),
+                        approximate_bytes: if node.hosts(s.id) {
+                            node.approximate_bytes(&s.ranges)
+                        } else {
+                            0
+                        },
+                        operation_id: l.op_of(s.id).map_or(0, |o| o.id),
+                    })
+                    .collect();
+                Ok(ListShardsResponse { epoch: l.epoch, shards })
+            },
+            |mut c, r| async move { c.list_shards(r).await },
+        )
+        .await
+    }
+
+    async fn add_node(&self, request: Request<AddNodeRequest>) -> Result<Response<AddNodeResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                if req.node_id == 0 || req.node_id == crate::storage::keys::NODE_RECORDS {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "node id {} is reserved",
+                        req.node_id
+                    )));
+                }
+                if req.addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ServerError::InvalidArgument(format!(
+                        "address {:?} is not ip:port",
+                        req.addr
+                    )));
+                }
+                let before = node.committed_layout().await?.epoch;
+                let l = node
+                    .change_layout(|l| crate::placement::add_node(l, req.node_id, &req.addr))
+                    .await?;
+                tracing::info!(node = req.node_id, addr = %req.addr, epoch = l.epoch, "node added to the layout");
+                Ok(AddNodeResponse {
+                    epoch: l.epoch,
+                    added: l.epoch > before,
+                })
+            },
+            |mut c, r| async move { c.add_node(r).await },
+        )
+        .await
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let l = node
+                    .change_layout(|l| crate::placement::drain_node(l, req.node_id))
+                    .await?;
+                tracing::info!(node = req.node_id, epoch = l.epoch, "decommissioning node");
+                Ok(RemoveNodeResponse { epoch: l.epoch })
+            },
+            |mut c, r| async move { c.remove_node(r).await },
+        )
+        .await
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<MoveReplicaRequest>,
+    ) -> Result<Response<MoveReplicaResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let now = crate::node::now_ms();
+                let l = node
+                    .change_layout(|l| {
+                        crate::placement::start_move(l, req.shard_id, req.from_node, req.to_node, "operator", now)
+                            .map(Some)
+                    })
+                    .await?;
+                let op = l
+                    .op_of(req.shard_id)
+                    .map(|o| o.id)
+                    .ok_or_else(|| ServerError::Internal("the recorded move is missing".into()))?;
+                tracing::info!(
+                    op,
+                    shard = req.shard_id,
+                    from = req.from_node,
+                    to = req.to_node,
+                    "move recorded"
+                );
+                Ok(MoveReplicaResponse {
+                    epoch: l.epoch,
+                    operation_id: op,
+                })
+            },
+            |mut c, r| async move { c.move_replica(r).await },
+        )
+        .await
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<CancelOperationResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let l = node
+                    .change_layout(|l| match l.ops.get(&req.operation_id) {
+                        Some(o) if o.cancelled => Ok(None),
+                        _ => crate::placement::cancel_move(l, req.operation_id).map(Some),
+                    })
+                    .await?;
+                Ok(CancelOperationResponse { epoch: l.epoch })
+            },
+            |mut c, r| async move { c.cancel_operation(r).await },
+        )
+        .await
+    }
+
+    async fn set_rebalance(
+        &self,
+        request: Request<SetRebalanceRequest>,
+    ) -> Result<Response<SetRebalanceResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let l = node
+                    .change_layout(|l| crate::placement::set_rebalance(l, req.enabled))
+                    .await?;
+                Ok(SetRebalanceResponse {
+                    epoch: l.epoch,
+                    enabled: l.rebalance_enabled,
+                })
+            },
+            |mut c, r| async move { c.set_rebalance(r).await },
+        )
+        .await
+    }
+
+    async fn list_operations(
+        &self,
+        request: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, _| async move {
+                let l = node.committed_layout().await?;
+                Ok(ListOperationsResponse {
+                    epoch: l.epoch,
+                    operations: l.ops.values().map(|o| op_to_proto(&node, o)).collect(),
+                })
+            },
+            |mut c, r| async move { c.list_operations(r).await },
+        )
+        .await
     }
 }

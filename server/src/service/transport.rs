@@ -14,11 +14,15 @@ use openraft::raft::VoteRequest;
 use ringkv_proto::v1::raft_transport_server::RaftTransport;
 use ringkv_proto::v1::ErrorCode;
 use ringkv_proto::v1::ErrorDetail;
+use ringkv_proto::v1::FetchLayoutRequest;
+use ringkv_proto::v1::FetchLayoutResponse;
 use ringkv_proto::v1::RaftBatchRequest;
 use ringkv_proto::v1::RaftBatchResponse;
 use ringkv_proto::v1::RaftMessage;
 use ringkv_proto::v1::RaftReply;
 use ringkv_proto::v1::RaftRpcKind;
+use ringkv_proto::v1::ShardMembershipRequest;
+use ringkv_proto::v1::ShardMembershipResponse;
 use ringkv_proto::v1::SnapshotChunk;
 use ringkv_proto::v1::SnapshotChunkResponse;
 use tonic::Request;
@@ -105,6 +109,12 @@ impl RaftTransport for TransportService {
     ) -> Result<Response<SnapshotChunkResponse>, Status> {
         let chunk = request.into_inner();
         self.check_addressed(chunk.to_node)?;
+        if crate::failpoint::fire(crate::failpoint::SNAPSHOT_SLOW_RECEIVE) {
+            tokio::time::sleep(std::time::Duration::from_millis(
+                crate::failpoint::SNAPSHOT_SLOW_RECEIVE_MS,
+            ))
+            .await;
+        }
         let refuse = |code: ErrorCode, message: String| {
             Ok(Response::new(SnapshotChunkResponse {
                 payload: vec![],
@@ -144,5 +154,30 @@ impl RaftTransport for TransportService {
             payload: encode(&res),
             error: None,
         }))
+    }
+
+    async fn fetch_layout(
+        &self,
+        request: Request<FetchLayoutRequest>,
+    ) -> Result<Response<FetchLayoutResponse>, Status> {
+        let req = request.into_inner();
+        let layout = self.node.layout_after(req.known_epoch, req.wait_ms).await;
+        Ok(Response::new(FetchLayoutResponse {
+            epoch: self.node.epoch(),
+            layout: layout.map(|l| encode(&*l)).unwrap_or_default(),
+            leading: self.node.leading(),
+        }))
+    }
+
+    async fn shard_membership(
+        &self,
+        request: Request<ShardMembershipRequest>,
+    ) -> Result<Response<ShardMembershipResponse>, Status> {
+        let epoch = self.node.epoch();
+        self.node
+            .shard_membership(request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| e.to_status(epoch))
     }
 }

@@ -68,6 +68,22 @@ pub fn shard_prefix(shard: u64) -> [u8; 8] {
     shard.to_be_bytes()
 }
 
+/// Longest user key any configuration allows (`limits.key_bytes_max`).
+const USER_KEY_BYTES_MAX: usize = 64 * 1024;
+
+/// The `data` keys `[from, to)` of a token range (`end == None`: to the end
+/// of the ring).
+pub fn data_range(start: u64, end: Option<u64>) -> (Vec<u8>, Vec<u8>) {
+    let from = start.to_be_bytes().to_vec();
+    let to = match end {
+        Some(e) => e.to_be_bytes().to_vec(),
+        // Above every key of token 2^64-1: that token and the longest key
+        // of 0xff bytes.
+        None => vec![0xff; 8 + USER_KEY_BYTES_MAX + 1],
+    };
+    (from, to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,8 +36,13 @@ pub struct SnapshotFiles {
 }
 
 impl SnapshotFiles {
+    /// The folder of `shard` under the data dir `root`.
+    pub fn dir(root: &Path, shard: u64) -> PathBuf {
+        root.join("snapshots").join(format!("shard-{shard}"))
+    }
+
     pub fn open(root: &Path, shard: u64) -> Result<Self, StorageError> {
-        let dir = root.join("snapshots").join(format!("shard-{shard}"));
+        let dir = Self::dir(root, shard);
         std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
         Ok(Self { dir })
     }

@@ -228,6 +228,32 @@ impl ShardStateMachine {
                     }
                     Ok(RaftResponse::Done)
                 }
+                Command::UpdateLayout { expected_epoch, layout } => {
+                    let current = overlay.layout.clone().or_else(|| self.layout_tx.borrow().clone());
+                    let current_epoch = current.as_ref().map_or(0, |l| l.epoch);
+                    // Deterministic on every replica: depends only on the
+                    // applied layout and the command.
+                    let valid = current.is_some()
+                        && current_epoch == *expected_epoch
+                        && layout.epoch == expected_epoch + 1
+                        && layout.check().is_ok();
+                    if !valid {
+                        return Ok(RaftResponse::Layout {
+                            applied: false,
+                            epoch: current_epoch,
+                        });
+                    }
+                    batch.put_cf(
+                        self.db.cf(Cf::Meta),
+                        keys::tagged(META_SHARD_ID, keys::META_LAYOUT),
+                        encode(layout),
+                    );
+                    overlay.layout = Some(layout.clone());
+                    Ok(RaftResponse::Layout {
+                        applied: true,
+                        epoch: layout.epoch,
+                    })
+                }
                 _ => Ok(RaftResponse::Rejected {
                     reason: "data command sent to the metadata group".into(),
                 }),
@@ -239,7 +265,7 @@ impl ShardStateMachine {
                     vec![key.clone()]
                 }
                 Command::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
-                Command::InitCluster(_) => vec![],
+                Command::InitCluster(_) | Command::UpdateLayout { .. } => vec![],
             }
         };
         if let Some(k) = keys_of(cmd).iter().find(|k| !self.owns(k)) {
@@ -283,7 +309,7 @@ impl ShardStateMachine {
                 }
                 RaftResponse::Done
             }
-            Command::InitCluster(_) => RaftResponse::Rejected {
+            Command::InitCluster(_) | Command::UpdateLayout { .. } => RaftResponse::Rejected {
                 reason: "cluster layout sent to a data shard".into(),
             },
         })

@@ -97,6 +97,8 @@ pub struct NodeProc {
     pub child: Option<Child>,
     /// The status HTTP port, when `Opts::status_ports`.
     pub status_addr: Option<String>,
+    /// Address of the member it joined through (nodes added after bootstrap).
+    pub join: Option<String>,
 }
 
 pub struct Cluster {
@@ -128,6 +130,7 @@ impl Cluster {
                     log: dir.path().join(format!("node{id}.log")),
                     child: None,
                     status_addr: opts.status_ports.then(|| format!("127.0.0.1:{}", free_port())),
+                    join: None,
                 },
             );
         }
@@ -182,6 +185,7 @@ impl Cluster {
             "3000",
         ])
         .args(&opts.extra_args)
+        .args(n.join.iter().flat_map(|j| ["--join".to_string(), j.clone()]))
         .args(
             n.status_addr
                 .iter()
@@ -232,6 +236,29 @@ impl Cluster {
 
     pub fn restart(&mut self, id: u64) {
         self.spawn(id);
+    }
+
+    /// Starts a new node (the next id) that joins the cluster through node
+    /// `via`, with `env`; returns its id. It is not waited for.
+    pub fn add_joining_node(&mut self, via: u64, env: Vec<(String, String)>) -> u64 {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
+        let join = self.addr(via).to_string();
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.nodes.insert(
+            id,
+            NodeProc {
+                id,
+                addr,
+                data_dir: self.dir.path().join(format!("node{id}")),
+                log: self.dir.path().join(format!("node{id}.log")),
+                child: None,
+                status_addr: self.opts.status_ports.then(|| format!("127.0.0.1:{}", free_port())),
+                join: Some(join),
+            },
+        );
+        self.opts.env.insert(id, env);
+        self.spawn(id);
+        id
     }
 
     pub fn is_running(&self, id: u64) -> bool {

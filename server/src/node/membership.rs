@@ -1,0 +1,621 @@
+//! Keeps a node's hosted Raft groups in line with the cluster layout, and
+//! the node-local halves of placement: joining a cluster, learning newer
+//! layouts, opening and deleting shard replicas, reading and changing a
+//! shard's Raft membership on its leader, and committing layout changes on
+//! the metadata leader.
+//!
+//! Decides nothing about placement (see `placement`): it carries out what
+//! the layout says and what the metadata leader asks.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::error::ChangeMembershipError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::BasicNode;
+use openraft::ChangeMembers;
+use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::raft_transport_client::RaftTransportClient;
+use ringkv_proto::v1::AddNodeRequest;
+use ringkv_proto::v1::FetchLayoutRequest;
+use ringkv_proto::v1::MembershipAction;
+use ringkv_proto::v1::ShardMembershipRequest;
+use ringkv_proto::v1::ShardMembershipResponse;
+use tokio::sync::watch;
+
+use super::Node;
+use super::NodeError;
+use super::Shard;
+use crate::config::Config;
+use crate::error::ServerError;
+use crate::placement::MembershipView;
+use crate::placement::PlacementError;
+use crate::raft::network::NetworkFactory;
+use crate::raft::network::PeerPool;
+use crate::raft::openraft_config;
+use crate::raft::read_index::ReadIndex;
+use crate::raft::types::decode;
+use crate::raft::types::encode;
+use crate::raft::types::Command;
+use crate::raft::types::Raft;
+use crate::raft::types::RaftResponse;
+use crate::ring::ClusterLayout;
+use crate::ring::ShardInfo;
+use crate::ring::META_SHARD_ID;
+use crate::storage::group_commit::GroupCommit;
+use crate::storage::group_commit::WriteOp;
+use crate::storage::keys;
+use crate::storage::log_store::LogStore;
+use crate::storage::state_machine::ShardStateMachine;
+use crate::storage::state_machine::SmStats;
+use crate::storage::Cf;
+use crate::storage::Db;
+
+/// Attempts of a joining node to register with the cluster.
+const JOIN_ATTEMPTS_MAX: u32 = 60;
+/// Pause between join attempts.
+const JOIN_RETRY_MS: u64 = 1_000;
+/// Pseudo node id of the join seed's connection in the peer pool (its real
+/// id is not known before the layout arrives).
+const JOIN_SEED_PEER_ID: u64 = u64::MAX;
+/// Longest a layout long poll waits on the answering node.
+pub const LAYOUT_POLL_WAIT_MS_MAX: u64 = 10_000;
+/// Long poll asked for by a node that is not a metadata member.
+const LAYOUT_POLL_WAIT_MS: u64 = 2_000;
+/// Pause after a failed layout poll before asking the next member.
+const LAYOUT_POLL_RETRY_MS: u64 = 200;
+/// Longest a membership change may take on the shard leader.
+const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
+/// Compare-and-swap attempts of one layout change on the metadata leader.
+const LAYOUT_CAS_ATTEMPTS_MAX: u32 = 8;
+/// Hops a forwarded Admin call may take to reach the metadata leader.
+pub const META_FORWARD_HOPS_MAX: u32 = 3;
+
+/// Opens (creating if new) the Raft group of one shard on this node.
+/// Returns the shard, the metadata layout watch (metadata group only) and
+/// whether the group had never been initialized.
+pub(super) async fn open_group(
+    id: u64,
+    cfg: &Config,
+    db: &Arc<Db>,
+    gc: &GroupCommit,
+    pool: &Arc<PeerPool>,
+    sm_stats: &Arc<SmStats>,
+    info: ShardInfo,
+) -> Result<(Arc<Shard>, Option<watch::Receiver<Option<ClusterLayout>>>, bool), NodeError> {
+    let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
+    let mut log = LogStore::new(info.id, db.clone(), gc.clone());
+    // A group with a vote or any log entry was initialized before.
+    let uninitialized = {
+        use openraft::storage::RaftLogStorage;
+        let state = log.get_log_state().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        state.last_log_id.is_none() && vote.is_none()
+    };
+    let sm = ShardStateMachine::open(
+        info.id,
+        db.clone(),
+        info.ranges.clone(),
+        cfg.sessions.ttl_ms,
+        sm_stats.clone(),
+    )
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+    let meta = (info.id == META_SHARD_ID).then(|| sm.subscribe_layout());
+    let net = NetworkFactory {
+        shard: info.id,
+        pool: pool.clone(),
+    };
+    let raft = Raft::new(id, config, net, log, sm)
+        .await
+        .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
+    let reads = ReadIndex::new(raft.clone());
+    let shard = Arc::new(Shard {
+        id: info.id,
+        info,
+        raft,
+        reads,
+    });
+    Ok((shard, meta, uninitialized))
+}
+
+/// Registers this node with the cluster that has a member at `cfg.join`
+/// and returns a layout that names it.
+pub(super) async fn join_cluster(
+    cfg: &Config,
+    pool: &Arc<PeerPool>,
+    admin_token: Option<&str>,
+) -> Result<ClusterLayout, NodeError> {
+    let addr = cfg.advertise_addr();
+    let seed = pool
+        .peer(JOIN_SEED_PEER_ID, &cfg.join)
+        .map_err(|e| NodeError::Raft(format!("join {}: {e}", cfg.join)))?;
+    let mut last_error = String::new();
+    for attempt in 1..=JOIN_ATTEMPTS_MAX {
+        let mut req = tonic::Request::new(AddNodeRequest {
+            node_id: cfg.node_id,
+            addr: addr.clone(),
+        });
+        if let Some(t) = admin_token {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                req.metadata_mut().insert("authorization", v);
+            }
+        }
+        req.set_timeout(Duration::from_secs(10));
+        let added = AdminClient::new(seed.channel.clone()).add_node(req).await;
+        match added {
+            Ok(r) => {
+                let epoch = r.into_inner().epoch;
+                match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
+                    Ok((Some(l), _)) if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) => return Ok(l),
+                    Ok(_) => last_error = "the seed does not know the new layout yet".into(),
+                    Err(e) => last_error = e,
+                }
+            }
+            Err(status) => {
+                if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::Unauthenticated {
+                    return Err(NodeError::Raft(format!("join refused: {}", status.message())));
+                }
+                last_error = status.message().to_string();
+            }
+        }
+        tracing::info!(attempt, error = %last_error, seed = %cfg.join, "joining: retrying");
+        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+    }
+    Err(NodeError::Raft(format!(
+        "could not join through {} after {JOIN_ATTEMPTS_MAX} attempts: {last_error}",
+        cfg.join
+    )))
+}
+
+/// One layout long poll to a peer: its layout if newer than `known_epoch`,
+/// and the shards it leads.
+pub async fn fetch_layout(
+    channel: &tonic::transport::Channel,
+    from_node: u64,
+    known_epoch: u64,
+    wait_ms: u64,
+) -> Result<(Option<ClusterLayout>, Vec<u64>), String> {
+    let mut req = tonic::Request::new(FetchLayoutRequest {
+        from_node,
+        known_epoch,
+        wait_ms,
+    });
+    req.set_timeout(Duration::from_millis(wait_ms + 5_000));
+    let resp = RaftTransportClient::new(channel.clone())
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .fetch_layout(req)
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let layout = if resp.layout.is_empty() {
+        None
+    } else {
+        Some(decode::<ClusterLayout>(&resp.layout).map_err(|e| format!("undecodable layout: {e}"))?)
+    };
+    Ok((layout, resp.leading))
+}
+
+impl Node {
+    /// Answers a layout long poll: waits up to `wait_ms` for a layout newer
+    /// than `known_epoch`.
+    pub async fn layout_after(&self, known_epoch: u64, wait_ms: u64) -> Option<Arc<ClusterLayout>> {
+        let mut rx = self.subscribe_layout();
+        let wait = Duration::from_millis(wait_ms.min(LAYOUT_POLL_WAIT_MS_MAX));
+        let newer = tokio::time::timeout(wait, rx.wait_for(|l| l.epoch > known_epoch)).await;
+        match newer {
+            Ok(Ok(l)) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// Shards this node currently leads.
+    pub fn leading(&self) -> Vec<u64> {
+        self.shard_list()
+            .iter()
+            .filter(|s| s.id != META_SHARD_ID && s.raft.metrics().borrow().current_leader == Some(self.id))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// Adopts `layout` if it is newer than the current one: records it,
+    /// routes with it, and opens or deletes replicas to match it.
+    pub async fn adopt_layout(self: &Arc<Self>, layout: ClusterLayout) -> Result<(), ServerError> {
+        if layout.epoch <= self.epoch() {
+            return Ok(());
+        }
+        if let Err(e) = layout.check() {
+            return Err(ServerError::Internal(format!("refusing an inconsistent layout: {e}")));
+        }
+        let _g = self.reconcile_lock.lock().await;
+        if layout.epoch <= self.epoch() {
+            return Ok(());
+        }
+        let rec = super::BootstrapRecord {
+            node_id: self.id,
+            layout: layout.clone(),
+        };
+        let record_key = keys::tagged(keys::NODE_RECORDS, keys::NODE_BOOTSTRAP);
+        self.gc
+            .write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
+            .await?;
+        let epoch = layout.epoch;
+        self.layout.send_replace(Arc::new(layout));
+        tracing::info!(epoch, "adopted a new cluster layout");
+        self.reconcile_locked().await
+    }
+
+    /// Opens groups the layout assigns to this node and deletes the ones it
+    /// no longer does. The caller holds `reconcile_lock`.
+    async fn reconcile_locked(self: &Arc<Self>) -> Result<(), ServerError> {
+        let layout = self.layout();
+        let desired = crate::placement::hosted_by(&layout, self.id);
+        let hosted: BTreeSet<u64> = self.shard_list().iter().map(|s| s.id).collect();
+        for id in desired.difference(&hosted).copied().filter(|id| *id != META_SHARD_ID) {
+            let info = super::group_info(&layout, id);
+            let (shard, _, _) = open_group(self.id, &self.cfg, &self.db, &self.gc, &self.pool, &self.sm_stats, info)
+                .await
+                .map_err(|e| ServerError::Internal(format!("opening shard {id}: {e}")))?;
+            self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, shard);
+            tracing::info!(
+                shard = id,
+                epoch = layout.epoch,
+                "opened a replica (awaiting data from the leader)"
+            );
+        }
+        for id in hosted.difference(&desired).copied().filter(|id| *id != META_SHARD_ID) {
+            let removed = self.shards.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            if let Some(shard) = removed {
+                if let Err(e) = shard.raft.shutdown().await {
+                    tracing::warn!(shard = id, error = %e, "raft shutdown of a removed replica");
+                }
+                self.delete_shard_data(id, &shard.info.ranges).await?;
+                tracing::info!(
+                    shard = id,
+                    epoch = layout.epoch,
+                    "removed the replica and deleted its data"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes everything of `shard_id` on this node: log, Raft state,
+    /// applied state, sessions, key index, data in `ranges`, snapshot files.
+    async fn delete_shard_data(&self, shard_id: u64, ranges: &[crate::ring::TokenRange]) -> Result<(), ServerError> {
+        assert_ne!(shard_id, META_SHARD_ID, "the metadata group is never deleted");
+        let (from, to) = (
+            keys::shard_prefix(shard_id).to_vec(),
+            keys::shard_prefix(shard_id + 1).to_vec(),
+        );
+        let mut ops: Vec<WriteOp> = [Cf::RaftLog, Cf::RaftState, Cf::Meta, Cf::KeyIndex]
+            .into_iter()
+            .map(|cf| WriteOp::DeleteRange(cf, from.clone(), to.clone()))
+            .collect();
+        // Data is keyed by token: delete only ranges no hosted shard owns
+        // (never the case in a consistent layout; checked anyway).
+        let owned: Vec<crate::ring::TokenRange> = self
+            .shard_list()
+            .iter()
+            .filter(|s| s.id != shard_id)
+            .flat_map(|s| s.info.ranges.clone())
+            .collect();
+        for r in ranges {
+            let overlaps = owned
+                .iter()
+                .any(|o| o.start < r.end.unwrap_or(u64::MAX) && r.start < o.end.unwrap_or(u64::MAX));
+            if overlaps {
+                tracing::error!(
+                    shard = shard_id,
+                    ?r,
+                    "not deleting data of a range another hosted shard owns"
+                );
+                continue;
+            }
+            let (a, b) = keys::data_range(r.start, r.end);
+            ops.push(WriteOp::DeleteRange(Cf::Data, a, b));
+        }
+        self.gc.write(ops).await?;
+        let dir = crate::storage::snapshot_files::SnapshotFiles::dir(self.db.root(), shard_id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(shard = shard_id, error = %e, "removing snapshot files");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads or changes the Raft membership of `shard_id`; must run on its
+    /// leader.
+    pub async fn shard_membership(&self, req: ShardMembershipRequest) -> Result<ShardMembershipResponse, ServerError> {
+        let shard = self.hosted(req.shard_id)?;
+        if req.shard_id == META_SHARD_ID {
+            return Err(ServerError::InvalidArgument(
+                "the metadata group's membership cannot be changed".into(),
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        self.ensure_leader(&shard, deadline).await?;
+        let action = MembershipAction::try_from(req.action)
+            .map_err(|_| ServerError::InvalidArgument(format!("unknown membership action {}", req.action)))?;
+        let change: Option<ChangeMembers<u64, BasicNode>> = match action {
+            MembershipAction::Read => None,
+            MembershipAction::AddLearner => {
+                let [node] = req.nodes[..] else {
+                    return Err(ServerError::InvalidArgument(
+                        "ADD_LEARNER names exactly one node".into(),
+                    ));
+                };
+                if req.addr.is_empty() {
+                    return Err(ServerError::InvalidArgument(
+                        "ADD_LEARNER needs the node's address".into(),
+                    ));
+                }
+                Some(ChangeMembers::AddNodes(BTreeMap::from([(
+                    node,
+                    BasicNode::new(&req.addr),
+                )])))
+            }
+            MembershipAction::SetVoters => {
+                let voters: BTreeSet<u64> = req.nodes.iter().copied().collect();
+                if voters.is_empty() || voters.len() != req.nodes.len() {
+                    return Err(ServerError::InvalidArgument(
+                        "SET_VOTERS needs distinct node ids".into(),
+                    ));
+                }
+                Some(ChangeMembers::ReplaceAllVoters(voters))
+            }
+            MembershipAction::RemoveLearner => {
+                let [node] = req.nodes[..] else {
+                    return Err(ServerError::InvalidArgument(
+                        "REMOVE_LEARNER names exactly one node".into(),
+                    ));
+                };
+                let m = shard.raft.metrics().borrow().membership_config.clone();
+                if m.membership().voter_ids().any(|v| v == node) {
+                    return Err(ServerError::Precondition(format!(
+                        "node {node} is a voter of shard {}, not a learner",
+                        req.shard_id
+                    )));
+                }
+                Some(ChangeMembers::RemoveNodes(BTreeSet::from([node])))
+            }
+        };
+        if let Some(change) = change {
+            // retain = false: a voter replaced by SET_VOTERS leaves the group.
+            let res = tokio::time::timeout_at(deadline.into(), shard.raft.change_membership(change, false)).await;
+            match res {
+                Err(_) => {
+                    return Err(ServerError::DeadlineExceeded(format!(
+                        "membership change of shard {} still in progress",
+                        req.shard_id
+                    )))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    return Err(ServerError::NotLeader {
+                        node_id: self.id,
+                        shard_id: req.shard_id,
+                        leader_id: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    })
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    return Err(match e {
+                        ChangeMembershipError::InProgress(_) => ServerError::ShardUnavailable {
+                            shard_id: req.shard_id,
+                            reason: format!("a membership change is in progress: {e}"),
+                        },
+                        other => ServerError::Precondition(other.to_string()),
+                    })
+                }
+                Ok(Err(RaftError::Fatal(e))) => {
+                    return Err(ServerError::ShardUnavailable {
+                        shard_id: req.shard_id,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        let m = shard.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let joint = membership.get_joint_config();
+        let mut resp = ShardMembershipResponse {
+            leader: m.current_leader.unwrap_or(0),
+            voters: joint.last().map(|c| c.iter().copied().collect()).unwrap_or_default(),
+            learners: membership.learner_ids().collect(),
+            joint: joint.len() > 1,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            approximate_bytes: self.approximate_bytes(&shard.info.ranges),
+            ..Default::default()
+        };
+        if let Some(repl) = &m.replication {
+            for (node, matched) in repl.iter() {
+                if let Some(log_id) = matched {
+                    resp.matched_nodes.push(*node);
+                    resp.matched_index.push(log_id.index);
+                }
+            }
+        }
+        Ok(resp)
+    }
+
+    /// RocksDB's estimate of the bytes of data in `ranges`.
+    pub fn approximate_bytes(&self, ranges: &[crate::ring::TokenRange]) -> u64 {
+        let bounds: Vec<(Vec<u8>, Vec<u8>)> = ranges.iter().map(|r| keys::data_range(r.start, r.end)).collect();
+        let rs: Vec<rocksdb::Range> = bounds.iter().map(|(a, b)| rocksdb::Range::new(a, b)).collect();
+        self.db
+            .raw()
+            .get_approximate_sizes_cf(self.db.cf(Cf::Data), &rs)
+            .iter()
+            .sum()
+    }
+
+    /// The metadata group's leader, when this node is a member and knows it.
+    pub fn meta_leader(&self) -> Option<u64> {
+        let meta = self.shard(META_SHARD_ID)?;
+        let leader = meta.raft.metrics().borrow().current_leader;
+        leader
+    }
+
+    pub fn is_meta_leader(&self) -> bool {
+        self.meta_leader() == Some(self.id)
+    }
+
+    /// The layout committed in the metadata group, read on its leader after
+    /// a linearizable barrier so a compare-and-swap starts from the latest.
+    pub async fn committed_layout(&self) -> Result<ClusterLayout, ServerError> {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.raft.leader_wait_ms);
+        self.read_barrier(META_SHARD_ID, super::ReadConsistency::Linearizable, deadline)
+            .await?;
+        self.meta_layout
+            .as_ref()
+            .and_then(|rx| rx.borrow().clone())
+            .ok_or_else(|| ServerError::ShardUnavailable {
+                shard_id: META_SHARD_ID,
+                reason: "the metadata group has no layout yet".into(),
+            })
+    }
+
+    /// Changes the layout on the metadata leader: `f` computes the next
+    /// layout from the committed one (`None` = nothing to change), which is
+    /// committed if no other change came first (else `f` runs again).
+    /// Returns the layout in force afterwards.
+    pub async fn change_layout(
+        self: &Arc<Self>,
+        f: impl Fn(&ClusterLayout) -> Result<Option<ClusterLayout>, PlacementError>,
+    ) -> Result<ClusterLayout, ServerError> {
+        for _ in 0..LAYOUT_CAS_ATTEMPTS_MAX {
+            let current = self.committed_layout().await?;
+            let Some(next) = f(&current)? else {
+                return Ok(current);
+            };
+            assert_eq!(next.epoch, current.epoch + 1, "placement must bump the epoch by one");
+            let deadline = Instant::now() + Duration::from_millis(self.cfg.raft.leader_wait_ms);
+            let cmd = Command::UpdateLayout {
+                expected_epoch: current.epoch,
+                layout: next.clone(),
+            };
+            match self.write(META_SHARD_ID, cmd, None, deadline).await? {
+                RaftResponse::Layout { applied: true, .. } => {
+                    self.adopt_layout(next.clone()).await?;
+                    return Ok(next);
+                }
+                RaftResponse::Layout { applied: false, epoch } => {
+                    tracing::info!(
+                        expected = current.epoch,
+                        found = epoch,
+                        "layout changed meanwhile; retrying"
+                    );
+                }
+                other => return Err(ServerError::Internal(format!("unexpected metadata response {other:?}"))),
+            }
+        }
+        Err(ServerError::ShardUnavailable {
+            shard_id: META_SHARD_ID,
+            reason: format!("the layout kept changing during {LAYOUT_CAS_ATTEMPTS_MAX} attempts"),
+        })
+    }
+}
+
+/// Keeps this node's layout current: from the local metadata replica when
+/// this node is a member, else by long polls to the members.
+pub(super) async fn sync_layout(node: Arc<Node>) {
+    if let Some(mut rx) = node.meta_layout.clone() {
+        loop {
+            let latest = rx.borrow_and_update().clone();
+            if let Some(l) = latest {
+                if let Err(e) = node.adopt_layout(l).await {
+                    tracing::warn!(error = %e, "adopting the metadata layout");
+                }
+            }
+            if rx.changed().await.is_err() {
+                return; // the metadata group shut down
+            }
+        }
+    }
+    let mut next_member = 0usize;
+    loop {
+        let layout = node.layout();
+        let members: Vec<(u64, String)> = layout
+            .meta_replicas
+            .iter()
+            .filter_map(|m| layout.nodes.get(m).map(|a| (*m, a.clone())))
+            .collect();
+        if members.is_empty() {
+            tracing::error!("the layout names no metadata member; cannot follow layout changes");
+            return;
+        }
+        let (m, addr) = &members[next_member % members.len()];
+        let polled = match node.pool.peer(*m, addr) {
+            Ok(peer) => fetch_layout(&peer.channel, node.id, layout.epoch, LAYOUT_POLL_WAIT_MS).await,
+            Err(e) => Err(e),
+        };
+        match polled {
+            Ok((Some(l), _)) => {
+                if let Err(e) = node.adopt_layout(l).await {
+                    tracing::warn!(error = %e, "adopting a polled layout");
+                }
+            }
+            Ok((None, _)) => {}
+            Err(e) => {
+                tracing::debug!(member = m, error = %e, "layout poll failed; trying the next member");
+                next_member += 1;
+                tokio::time::sleep(Duration::from_millis(LAYOUT_POLL_RETRY_MS)).await;
+            }
+        }
+    }
+}
+
+/// Deletes replicas left on disk that the recorded layout no longer
+/// assigns to this node (a crash between adopting a layout and deleting).
+pub(super) async fn drop_orphans(node: &Arc<Node>) {
+    let layout = node.layout();
+    let desired = crate::placement::hosted_by(&layout, node.id);
+    let mut found = BTreeSet::new();
+    for cf in [Cf::RaftState, Cf::RaftLog] {
+        let mut it = node.db.raw().raw_iterator_cf(node.db.cf(cf));
+        it.seek_to_first();
+        while let Some(k) = it.key() {
+            let Some(prefix) = k.get(..8).and_then(|p| <[u8; 8]>::try_from(p).ok()) else {
+                break;
+            };
+            let id = u64::from_be_bytes(prefix);
+            if id == keys::NODE_RECORDS {
+                break;
+            }
+            found.insert(id);
+            // Jump to the next shard.
+            it.seek(keys::shard_prefix(id + 1));
+        }
+    }
+    for id in found.difference(&desired).copied().filter(|id| *id != META_SHARD_ID) {
+        let ranges = layout.shards.get(&id).map(|s| s.ranges.clone()).unwrap_or_default();
+        match node.delete_shard_data(id, &ranges).await {
+            Ok(()) => tracing::info!(shard = id, "deleted a replica the layout no longer assigns here"),
+            Err(e) => tracing::warn!(shard = id, error = %e, "deleting an orphaned replica"),
+        }
+    }
+}
+
+impl MembershipView {
+    /// The view a shard leader reported.
+    pub fn from_response(r: &ShardMembershipResponse) -> Self {
+        MembershipView {
+            leader: r.leader,
+            voters: r.voters.iter().copied().collect(),
+            learners: r.learners.iter().copied().collect(),
+            joint: r.joint,
+            last_log_index: r.last_log_index,
+            matched: r
+                .matched_nodes
+                .iter()
+                .copied()
+                .zip(r.matched_index.iter().copied())
+                .collect(),
+        }
+    }
+}

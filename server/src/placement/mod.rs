@@ -1,0 +1,680 @@
+//! Placement decisions: how the cluster layout changes (moves, joins,
+//! decommissions) and what the next step of an in-flight move is.
+//!
+//! Pure functions over [`ClusterLayout`] and what a shard leader reports
+//! about its Raft membership: no I/O, no clocks (times are arguments), so
+//! every decision is unit-tested and replayable. The driver in `driver.rs`
+//! runs on the metadata leader and carries the decisions out; it must not
+//! decide anything itself.
+//!
+//! A move of shard S from node F to node T goes through these states, each
+//! derived from the layout (what was recorded) and the shard's current Raft
+//! membership (what has happened), never from memory:
+//!
+//! 1. recorded: the layout lists T as a learner of S and holds the
+//!    [`MoveOp`]; T opens an empty group for S;
+//! 2. the shard leader adds T as a Raft learner; T catches up by snapshot
+//!    and log;
+//! 3. once T is within [`CATCH_UP_LAG_MAX`] entries, the leader changes the
+//!    voters from `R` to `R - F + T` (joint consensus inside openraft);
+//! 4. the layout replaces F with T and drops the operation (epoch + 1);
+//!    F sees it is no longer a member and deletes its copy.
+//!
+//! A move is rolled back (the learner removed, the layout restored) only
+//! while T is not a voter; after that it can only go forward.
+
+pub mod driver;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use crate::ring::ClusterLayout;
+use crate::ring::MoveOp;
+use crate::ring::META_SHARD_ID;
+use crate::ring::REPLICATION_FACTOR;
+
+/// A learner this many log entries (or fewer) behind the leader's last
+/// entry counts as caught up and may be promoted.
+pub const CATCH_UP_LAG_MAX: u64 = 64;
+/// Most moves in flight at once, whatever the configuration says.
+pub const MOVES_IN_FLIGHT_MAX: usize = 16;
+
+/// Errors of a requested layout change; they reach the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("shard {0} does not exist")]
+    UnknownShard(u64),
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(u64),
+    #[error("node {node} does not hold a replica of shard {shard}")]
+    NotAReplica { shard: u64, node: u64 },
+    #[error("node {node} already holds a replica of shard {shard}")]
+    AlreadyAReplica { shard: u64, node: u64 },
+    #[error("shard {shard} already has operation {op} in flight")]
+    ShardBusy { shard: u64, op: u64 },
+    #[error("node {0} is being decommissioned and cannot receive replicas")]
+    NodeDraining(u64),
+    #[error("node {0} is a member of the metadata group, which cannot change membership yet")]
+    MetaMember(u64),
+    #[error("node {id} is already a member with address {addr}")]
+    NodeExists { id: u64, addr: String },
+    #[error("address {addr} is already used by node {id}")]
+    AddressInUse { id: u64, addr: String },
+    #[error("operation {0} does not exist")]
+    UnknownOp(u64),
+    #[error("operation {0} cannot be cancelled: its target is already a voter")]
+    NotCancellable(u64),
+    #[error("the resulting layout is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// The next layout: `layout` changed by `f`, epoch bumped and checked.
+fn next_layout(
+    layout: &ClusterLayout,
+    f: impl FnOnce(&mut ClusterLayout) -> Result<(), PlacementError>,
+) -> Result<ClusterLayout, PlacementError> {
+    let mut next = layout.clone();
+    f(&mut next)?;
+    next.epoch = layout.epoch + 1;
+    next.check().map_err(|e| PlacementError::Inconsistent(e.to_string()))?;
+    Ok(next)
+}
+
+/// Records a move of `shard` from `from` to `to`.
+pub fn start_move(
+    layout: &ClusterLayout,
+    shard: u64,
+    from: u64,
+    to: u64,
+    reason: &str,
+    now_ms: u64,
+) -> Result<ClusterLayout, PlacementError> {
+    let info = layout.shards.get(&shard).ok_or(PlacementError::UnknownShard(shard))?;
+    if !layout.nodes.contains_key(&to) {
+        return Err(PlacementError::UnknownNode(to));
+    }
+    if !info.replicas.contains(&from) {
+        return Err(PlacementError::NotAReplica { shard, node: from });
+    }
+    if info.members().any(|m| m == to) {
+        return Err(PlacementError::AlreadyAReplica { shard, node: to });
+    }
+    if let Some(op) = layout.op_of(shard) {
+        return Err(PlacementError::ShardBusy { shard, op: op.id });
+    }
+    if layout.draining.contains(&to) {
+        return Err(PlacementError::NodeDraining(to));
+    }
+    next_layout(layout, |l| {
+        let id = l.next_op_id;
+        l.next_op_id += 1;
+        l.ops.insert(
+            id,
+            MoveOp {
+                id,
+                shard,
+                from,
+                to,
+                reason: reason.to_string(),
+                created_ms: now_ms,
+                cancelled: false,
+            },
+        );
+        if let Some(s) = l.shards.get_mut(&shard) {
+            s.learners.push(to);
+        }
+        Ok(())
+    })
+}
+
+/// The layout after move `op_id` completed: `to` replaces `from`.
+pub fn finish_move(layout: &ClusterLayout, op_id: u64) -> Result<ClusterLayout, PlacementError> {
+    let op = layout.ops.get(&op_id).ok_or(PlacementError::UnknownOp(op_id))?.clone();
+    next_layout(layout, |l| {
+        l.ops.remove(&op_id);
+        let s = l
+            .shards
+            .get_mut(&op.shard)
+            .ok_or(PlacementError::UnknownShard(op.shard))?;
+        s.learners.retain(|n| *n != op.to);
+        for r in s.replicas.iter_mut() {
+            if *r == op.from {
+                *r = op.to;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The layout after move `op_id` was rolled back: the shard keeps its replicas.
+pub fn abandon_move(layout: &ClusterLayout, op_id: u64) -> Result<ClusterLayout, PlacementError> {
+    let op = layout.ops.get(&op_id).ok_or(PlacementError::UnknownOp(op_id))?.clone();
+    next_layout(layout, |l| {
+        l.ops.remove(&op_id);
+        if let Some(s) = l.shards.get_mut(&op.shard) {
+            s.learners.retain(|n| *n != op.to);
+        }
+        Ok(())
+    })
+}
+
+/// Marks move `op_id` for roll-back.
+pub fn cancel_move(layout: &ClusterLayout, op_id: u64) -> Result<ClusterLayout, PlacementError> {
+    if !layout.ops.contains_key(&op_id) {
+        return Err(PlacementError::UnknownOp(op_id));
+    }
+    next_layout(layout, |l| {
+        if let Some(op) = l.ops.get_mut(&op_id) {
+            op.cancelled = true;
+        }
+        Ok(())
+    })
+}
+
+/// Adds a node (idempotent for the same id and address).
+pub fn add_node(layout: &ClusterLayout, id: u64, addr: &str) -> Result<Option<ClusterLayout>, PlacementError> {
+    if let Some(a) = layout.nodes.get(&id) {
+        if a == addr {
+            return Ok(None);
+        }
+        return Err(PlacementError::NodeExists { id, addr: a.clone() });
+    }
+    if let Some((other, _)) = layout.nodes.iter().find(|(_, a)| a.as_str() == addr) {
+        return Err(PlacementError::AddressInUse {
+            id: *other,
+            addr: addr.to_string(),
+        });
+    }
+    next_layout(layout, |l| {
+        l.nodes.insert(id, addr.to_string());
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// Starts decommissioning `node`: its replicas move away, then it leaves.
+pub fn drain_node(layout: &ClusterLayout, node: u64) -> Result<Option<ClusterLayout>, PlacementError> {
+    if !layout.nodes.contains_key(&node) {
+        return Err(PlacementError::UnknownNode(node));
+    }
+    if layout.meta_replicas.contains(&node) {
+        return Err(PlacementError::MetaMember(node));
+    }
+    if layout.draining.contains(&node) {
+        return Ok(None);
+    }
+    next_layout(layout, |l| {
+        l.draining.insert(node);
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// Turns automatic rebalancing on or off.
+pub fn set_rebalance(layout: &ClusterLayout, enabled: bool) -> Result<Option<ClusterLayout>, PlacementError> {
+    if layout.rebalance_enabled == enabled {
+        return Ok(None);
+    }
+    next_layout(layout, |l| {
+        l.rebalance_enabled = enabled;
+        Ok(())
+    })
+    .map(Some)
+}
+
+/// Draining nodes that hold nothing any more leave the layout.
+pub fn remove_drained(layout: &ClusterLayout) -> Option<ClusterLayout> {
+    let done: Vec<u64> = layout
+        .draining
+        .iter()
+        .copied()
+        .filter(|n| layout.groups_on(*n).next().is_none())
+        .collect();
+    if done.is_empty() {
+        return None;
+    }
+    next_layout(layout, |l| {
+        for n in &done {
+            l.draining.remove(n);
+            l.nodes.remove(n);
+        }
+        Ok(())
+    })
+    .ok()
+}
+
+/// A shard's Raft membership as its leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MembershipView {
+    pub leader: u64,
+    /// Voters of the last configuration (the new one while joint).
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// Whether the configuration is joint (a voter change is half done).
+    pub joint: bool,
+    /// The leader's last log index.
+    pub last_log_index: u64,
+    /// Highest log index known replicated to each node.
+    pub matched: BTreeMap<u64, u64>,
+}
+
+/// What the driver does next for one move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Ask the leader to add `to` as a learner.
+    AddLearner,
+    /// The learner is catching up; `behind` entries to go (`None`: nothing
+    /// replicated yet).
+    WaitCatchUp { behind: Option<u64> },
+    /// Ask the leader to make these the voters (removing `from`).
+    ChangeVoters(BTreeSet<u64>),
+    /// Ask the leader to remove the learner `to` (roll-back).
+    RemoveLearner,
+    /// Record the finished move in the layout.
+    Finish,
+    /// Record the rolled-back move in the layout.
+    Abandon,
+}
+
+/// The voters a move ends with.
+pub fn target_voters(layout: &ClusterLayout, op: &MoveOp) -> BTreeSet<u64> {
+    let mut v: BTreeSet<u64> = layout
+        .shards
+        .get(&op.shard)
+        .map(|s| s.replicas.iter().copied().collect())
+        .unwrap_or_default();
+    v.remove(&op.from);
+    v.insert(op.to);
+    v
+}
+
+/// The next step of `op`, from the layout and the shard's membership.
+pub fn next_step(layout: &ClusterLayout, op: &MoveOp, view: &MembershipView) -> Step {
+    let target = target_voters(layout, op);
+    let to_is_voter = view.voters.contains(&op.to);
+    if to_is_voter || !op.cancelled {
+        if view.voters == target && !view.joint {
+            return Step::Finish;
+        }
+        if to_is_voter || view.joint {
+            return Step::ChangeVoters(target);
+        }
+        if view.learners.contains(&op.to) {
+            let matched = view.matched.get(&op.to).copied();
+            return match matched {
+                Some(m) if m + CATCH_UP_LAG_MAX >= view.last_log_index => Step::ChangeVoters(target),
+                m => Step::WaitCatchUp {
+                    behind: m.map(|m| view.last_log_index.saturating_sub(m)),
+                },
+            };
+        }
+        return Step::AddLearner;
+    }
+    if view.learners.contains(&op.to) {
+        Step::RemoveLearner
+    } else {
+        Step::Abandon
+    }
+}
+
+/// A move the planner wants started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMove {
+    pub shard: u64,
+    pub from: u64,
+    pub to: u64,
+    pub reason: &'static str,
+}
+
+/// Replicas (and incoming learners) per node, every node listed.
+fn load_per_node(layout: &ClusterLayout) -> BTreeMap<u64, usize> {
+    let mut load: BTreeMap<u64, usize> = layout.nodes.keys().map(|n| (*n, 0)).collect();
+    for s in layout.shards.values() {
+        // An in-flight move counts at its target, not its source.
+        let leaving = layout.op_of(s.id).map(|o| o.from);
+        for m in s.members().filter(|m| Some(*m) != leaving) {
+            *load.entry(m).or_default() += 1;
+        }
+    }
+    load
+}
+
+/// Moves to start now so that, in order of priority: replicas leave draining
+/// nodes, replicas on nodes down for long leave them, and (when rebalancing
+/// is on) replica counts per node end within one of each other. Never two
+/// replicas of a shard on one node; at most `moves_max` moves in flight in
+/// total. `down` are nodes to treat as gone (down longer than the
+/// configured time); `up` are nodes that answered recently: only they
+/// receive replicas.
+pub fn plan_moves(
+    layout: &ClusterLayout,
+    up: &BTreeSet<u64>,
+    down: &BTreeSet<u64>,
+    moves_max: usize,
+) -> Vec<PlannedMove> {
+    let moves_max = moves_max.min(MOVES_IN_FLIGHT_MAX);
+    let mut l = layout.clone();
+    let mut out = Vec::new();
+    let receivers = |l: &ClusterLayout| -> Vec<u64> {
+        l.nodes
+            .keys()
+            .copied()
+            .filter(|n| up.contains(n) && !down.contains(n) && !l.draining.contains(n))
+            .collect()
+    };
+    // Add a planned move to the scratch layout so later choices see it.
+    let record = |l: &mut ClusterLayout, m: PlannedMove, out: &mut Vec<PlannedMove>| {
+        if let Ok(next) = start_move(l, m.shard, m.from, m.to, m.reason, 0) {
+            *l = next;
+            out.push(m);
+        }
+    };
+    loop {
+        if l.ops.len() >= moves_max {
+            return out;
+        }
+        let load = load_per_node(&l);
+        let least_loaded_for = |l: &ClusterLayout, shard: u64| -> Option<u64> {
+            let info = l.shards.get(&shard)?;
+            receivers(l)
+                .into_iter()
+                .filter(|n| !info.members().any(|m| m == *n))
+                .min_by_key(|n| (load.get(n).copied().unwrap_or(0), *n))
+        };
+        // Shards without an operation, with a replica on a node that must
+        // be emptied: draining first, then down.
+        let evacuate = l.shards.values().filter(|s| l.op_of(s.id).is_none()).find_map(|s| {
+            let from = s
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| l.draining.contains(r))
+                .map(|r| (r, "decommission"))
+                .or_else(|| {
+                    s.replicas
+                        .iter()
+                        .copied()
+                        .find(|r| down.contains(r))
+                        .map(|r| (r, "node down"))
+                })?;
+            Some((s.id, from))
+        });
+        if let Some((shard, (from, reason))) = evacuate {
+            let Some(to) = least_loaded_for(&l, shard) else {
+                return out; // nowhere to go; try again when a node appears
+            };
+            record(
+                &mut l,
+                PlannedMove {
+                    shard,
+                    from,
+                    to,
+                    reason,
+                },
+                &mut out,
+            );
+            continue;
+        }
+        if !l.rebalance_enabled {
+            return out;
+        }
+        let rs = receivers(&l);
+        let Some(min_node) = rs.iter().copied().min_by_key(|n| (load[n], *n)) else {
+            return out;
+        };
+        let min = load[&min_node];
+        // The most loaded node that has a shard the least loaded lacks.
+        let mut sources: Vec<(usize, u64)> = load
+            .iter()
+            .filter(|(n, _)| !down.contains(n))
+            .map(|(n, c)| (*c, *n))
+            .collect();
+        sources.sort_by(|a, b| b.cmp(a));
+        let pick = sources.iter().filter(|(c, _)| *c > min + 1).find_map(|(_, from)| {
+            l.shards
+                .values()
+                .filter(|s| l.op_of(s.id).is_none())
+                .find(|s| s.replicas.contains(from) && !s.members().any(|m| m == min_node))
+                .map(|s| (s.id, *from))
+        });
+        match pick {
+            Some((shard, from)) => record(
+                &mut l,
+                PlannedMove {
+                    shard,
+                    from,
+                    to: min_node,
+                    reason: "rebalance",
+                },
+                &mut out,
+            ),
+            None => return out,
+        }
+    }
+}
+
+/// Whether the replicas per node of `layout` are within one of each other
+/// (over nodes not draining) and no shard has two replicas on one node.
+pub fn is_balanced(layout: &ClusterLayout) -> bool {
+    let load = load_per_node(layout);
+    let counts: Vec<usize> = load
+        .iter()
+        .filter(|(n, _)| !layout.draining.contains(n))
+        .map(|(_, c)| *c)
+        .collect();
+    let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+    spread <= 1
+        && layout.shards.values().all(|s| {
+            let set: BTreeSet<u64> = s.replicas.iter().copied().collect();
+            set.len() == s.replicas.len() && s.replicas.len() <= REPLICATION_FACTOR
+        })
+}
+
+/// Shard ids a node must host, the metadata group included.
+pub fn hosted_by(layout: &ClusterLayout, node: u64) -> BTreeSet<u64> {
+    let mut s: BTreeSet<u64> = layout.groups_on(node).map(|s| s.id).collect();
+    if layout.meta_replicas.contains(&node) {
+        s.insert(META_SHARD_ID);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: u64) -> BTreeMap<u64, String> {
+        (1..=n).map(|i| (i, format!("127.0.0.1:{}", 50050 + i))).collect()
+    }
+
+    fn all(n: u64) -> BTreeSet<u64> {
+        (1..=n).collect()
+    }
+
+    #[test]
+    fn a_move_is_recorded_then_finished() {
+        let l = ClusterLayout::bootstrap(&nodes(4), 4);
+        let s1 = l.shards[&1].clone();
+        assert_eq!(s1.replicas, vec![1, 2, 3]);
+        let l2 = start_move(&l, 1, 2, 4, "test", 7).unwrap();
+        assert_eq!(l2.epoch, l.epoch + 1);
+        assert_eq!(l2.shards[&1].learners, vec![4]);
+        let op = l2.op_of(1).unwrap().clone();
+        assert_eq!((op.from, op.to, op.created_ms), (2, 4, 7));
+        assert!(matches!(
+            start_move(&l2, 1, 3, 4, "again", 0),
+            Err(PlacementError::AlreadyAReplica { .. })
+        ));
+        assert!(matches!(
+            start_move(&l2, 1, 1, 2, "busy", 0),
+            Err(PlacementError::AlreadyAReplica { .. }) | Err(PlacementError::ShardBusy { .. })
+        ));
+        let l3 = finish_move(&l2, op.id).unwrap();
+        assert_eq!(l3.shards[&1].replicas, vec![1, 4, 3]);
+        assert!(l3.shards[&1].learners.is_empty() && l3.ops.is_empty());
+        let l4 = abandon_move(&l2, op.id).unwrap();
+        assert_eq!(l4.shards[&1].replicas, vec![1, 2, 3]);
+        assert!(l4.ops.is_empty() && l4.shards[&1].learners.is_empty());
+    }
+
+    #[test]
+    fn invalid_moves_are_refused() {
+        let l = ClusterLayout::bootstrap(&nodes(4), 4);
+        assert_eq!(start_move(&l, 99, 1, 4, "", 0), Err(PlacementError::UnknownShard(99)));
+        assert_eq!(start_move(&l, 1, 1, 9, "", 0), Err(PlacementError::UnknownNode(9)));
+        assert_eq!(
+            start_move(&l, 1, 4, 1, "", 0),
+            Err(PlacementError::NotAReplica { shard: 1, node: 4 })
+        );
+        let d = drain_node(&l, 4).unwrap().unwrap();
+        assert_eq!(start_move(&d, 1, 1, 4, "", 0), Err(PlacementError::NodeDraining(4)));
+        assert_eq!(drain_node(&l, 1), Err(PlacementError::MetaMember(1)));
+    }
+
+    fn view(voters: &[u64], learners: &[u64], joint: bool, last: u64, matched: &[(u64, u64)]) -> MembershipView {
+        MembershipView {
+            leader: voters[0],
+            voters: voters.iter().copied().collect(),
+            learners: learners.iter().copied().collect(),
+            joint,
+            last_log_index: last,
+            matched: matched.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn steps_follow_the_membership() {
+        let l = start_move(&ClusterLayout::bootstrap(&nodes(4), 4), 1, 2, 4, "t", 0).unwrap();
+        let op = l.op_of(1).unwrap().clone();
+        let target: BTreeSet<u64> = [1, 3, 4].into();
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 2, 3], &[], false, 10, &[])),
+            Step::AddLearner
+        );
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 2, 3], &[4], false, 1000, &[])),
+            Step::WaitCatchUp { behind: None }
+        );
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 2, 3], &[4], false, 1000, &[(4, 10)])),
+            Step::WaitCatchUp { behind: Some(990) }
+        );
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 2, 3], &[4], false, 1000, &[(4, 990)])),
+            Step::ChangeVoters(target.clone())
+        );
+        // Half done (joint) or a voter already: always forward.
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 3, 4], &[], true, 1000, &[])),
+            Step::ChangeVoters(target.clone())
+        );
+        assert_eq!(
+            next_step(&l, &op, &view(&[1, 3, 4], &[], false, 1000, &[])),
+            Step::Finish
+        );
+        // Cancelled: roll back unless the target is a voter already.
+        let c = cancel_move(&l, op.id).unwrap();
+        let cop = c.op_of(1).unwrap().clone();
+        assert_eq!(
+            next_step(&c, &cop, &view(&[1, 2, 3], &[4], false, 10, &[])),
+            Step::RemoveLearner
+        );
+        assert_eq!(
+            next_step(&c, &cop, &view(&[1, 2, 3], &[], false, 10, &[])),
+            Step::Abandon
+        );
+        assert_eq!(
+            next_step(&c, &cop, &view(&[1, 2, 3, 4], &[], true, 10, &[])),
+            Step::ChangeVoters(target)
+        );
+    }
+
+    /// Applies every planned move at once, as if each completed.
+    fn settle(mut l: ClusterLayout, up: &BTreeSet<u64>, down: &BTreeSet<u64>) -> (ClusterLayout, usize) {
+        let mut moves = 0;
+        for _ in 0..1000 {
+            let plan = plan_moves(&l, up, down, 4);
+            if plan.is_empty() && l.ops.is_empty() {
+                return (l, moves);
+            }
+            for m in plan {
+                l = start_move(&l, m.shard, m.from, m.to, m.reason, 0).unwrap();
+                moves += 1;
+            }
+            let ids: Vec<u64> = l.ops.keys().copied().collect();
+            for id in ids {
+                l = finish_move(&l, id).unwrap();
+            }
+            if let Some(n) = remove_drained(&l) {
+                l = n;
+            }
+        }
+        panic!("placement did not converge");
+    }
+
+    #[test]
+    fn growing_from_three_to_five_balances_within_one() {
+        let mut l = ClusterLayout::bootstrap(&nodes(3), 16);
+        for id in [4, 5] {
+            l = add_node(&l, id, &format!("127.0.0.1:{}", 50050 + id)).unwrap().unwrap();
+        }
+        assert!(!is_balanced(&l));
+        let (l, moves) = settle(l, &all(5), &BTreeSet::new());
+        assert!(is_balanced(&l), "{:?}", load_per_node(&l));
+        assert!(moves <= 20, "{moves} moves");
+        for s in l.shards.values() {
+            assert_eq!(s.replicas.len(), 3);
+        }
+    }
+
+    #[test]
+    fn decommission_empties_the_node_and_removes_it() {
+        let l = ClusterLayout::bootstrap(&nodes(5), 16);
+        let l = drain_node(&l, 5).unwrap().unwrap();
+        let (l, _) = settle(l, &all(5), &BTreeSet::new());
+        assert!(!l.nodes.contains_key(&5));
+        assert!(l.shards.values().all(|s| !s.replicas.contains(&5)));
+        assert!(is_balanced(&l));
+    }
+
+    #[test]
+    fn replicas_of_a_down_node_are_recreated_elsewhere_even_without_rebalance() {
+        let l = ClusterLayout::bootstrap(&nodes(4), 8);
+        let l = set_rebalance(&l, false).unwrap().unwrap();
+        let up: BTreeSet<u64> = [1, 2, 3].into();
+        let (l, moves) = settle(l, &up, &[4].into());
+        assert!(moves > 0);
+        assert!(l
+            .shards
+            .values()
+            .all(|s| !s.replicas.contains(&4) && s.replicas.len() == 3));
+    }
+
+    #[test]
+    fn plans_respect_the_bound_and_never_double_a_replica() {
+        let mut l = ClusterLayout::bootstrap(&nodes(3), 32);
+        for id in 4..=7 {
+            l = add_node(&l, id, &format!("a{id}")).unwrap().unwrap();
+        }
+        let plan = plan_moves(&l, &all(7), &BTreeSet::new(), 3);
+        assert_eq!(plan.len(), 3);
+        let shards: BTreeSet<u64> = plan.iter().map(|m| m.shard).collect();
+        assert_eq!(shards.len(), 3, "one move per shard");
+        assert!(plan_moves(&l, &all(7), &BTreeSet::new(), 0).is_empty());
+    }
+
+    #[test]
+    fn joins_are_idempotent_and_conflicts_refused() {
+        let l = ClusterLayout::bootstrap(&nodes(3), 2);
+        let l2 = add_node(&l, 4, "h:4").unwrap().unwrap();
+        assert_eq!(add_node(&l2, 4, "h:4"), Ok(None));
+        assert!(matches!(
+            add_node(&l2, 4, "h:5"),
+            Err(PlacementError::NodeExists { .. })
+        ));
+        assert!(matches!(
+            add_node(&l2, 5, "h:4"),
+            Err(PlacementError::AddressInUse { .. })
+        ));
+    }
+}
