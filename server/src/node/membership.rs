@@ -72,6 +72,10 @@ const LAYOUT_POLL_RETRY_MS: u64 = 200;
 const MEMBERSHIP_CHANGE_TIMEOUT_MS: u64 = 10_000;
 /// Compare-and-swap attempts of one layout change on the metadata leader.
 const LAYOUT_CAS_ATTEMPTS_MAX: u32 = 8;
+/// Longest a leadership hand-off waits for its target to hold every entry.
+const HAND_OFF_CATCH_UP_MS: u64 = 5_000;
+/// Election timeouts a hand-off waits for its target to win.
+const HAND_OFF_ELECTIONS: u64 = 3;
 /// Hops a forwarded Admin call may take to reach the metadata leader.
 pub const META_FORWARD_HOPS_MAX: u32 = 3;
 
@@ -337,12 +341,43 @@ impl Node {
                 "the metadata group's membership cannot be changed".into(),
             ));
         }
-        let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
-        self.ensure_leader(&shard, deadline).await?;
         let action = MembershipAction::try_from(req.action)
             .map_err(|_| ServerError::InvalidArgument(format!("unknown membership action {}", req.action)))?;
+        if action == MembershipAction::Campaign {
+            let m = shard.raft.metrics().borrow().membership_config.clone();
+            if !m.membership().voter_ids().any(|v| v == self.id) {
+                return Err(ServerError::Precondition(format!(
+                    "node {} is not a voter of shard {}",
+                    self.id, req.shard_id
+                )));
+            }
+            shard
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| ServerError::ShardUnavailable {
+                    shard_id: req.shard_id,
+                    reason: e.to_string(),
+                })?;
+            return Ok(ShardMembershipResponse::default());
+        }
+        if action == MembershipAction::TransferLeader {
+            let [to] = req.nodes[..] else {
+                return Err(ServerError::InvalidArgument(
+                    "TRANSFER_LEADER names exactly one node".into(),
+                ));
+            };
+            self.transfer_leader(&shard, to).await?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+        self.ensure_leader(&shard, deadline).await.or_else(|e| match e {
+            // After a hand-off the answer comes from the old leader.
+            ServerError::NotLeader { .. } if action == MembershipAction::TransferLeader => Ok(()),
+            e => Err(e),
+        })?;
         let change: Option<ChangeMembers<u64, BasicNode>> = match action {
-            MembershipAction::Read => None,
+            MembershipAction::Read | MembershipAction::TransferLeader | MembershipAction::Campaign => None,
             MembershipAction::AddLearner => {
                 let [node] = req.nodes[..] else {
                     return Err(ServerError::InvalidArgument(
@@ -441,6 +476,115 @@ impl Node {
             }
         }
         Ok(resp)
+    }
+
+    /// Hands the leadership of `shard` (led here) to its voter `to`.
+    ///
+    /// openraft 0.9 has no leader transfer, so this runs an ordinary
+    /// election that `to` is sure to win: the shard stops taking requests
+    /// here and stops heartbeats, waits until `to` holds every entry, waits
+    /// out the followers' leader lease (`election_timeout_ms_max`; before
+    /// it expires they refuse to vote), then tells `to` to campaign. The
+    /// other followers' own timers fire only an election timeout later, and
+    /// `to` has the longest log, so it wins. Unsafe shortcuts (granting `to`
+    /// a vote no quorum gave) are deliberately not used. Costs the shard
+    /// about one lease of unavailability. On failure the leadership stays.
+    pub async fn transfer_leader(&self, shard: &Shard, to: u64) -> Result<(), ServerError> {
+        let shard_id = shard.id;
+        let m = shard.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.id) {
+            return Err(ServerError::NotLeader {
+                node_id: self.id,
+                shard_id,
+                leader_id: m.current_leader,
+                leader_addr: m.current_leader.and_then(|l| self.addr_of(l)),
+            });
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        let membership = m.membership_config.membership().clone();
+        if membership.get_joint_config().len() > 1 || !membership.voter_ids().any(|v| v == to) {
+            return Err(ServerError::Precondition(format!(
+                "node {to} is not a voter of shard {shard_id} (or a membership change is in progress)"
+            )));
+        }
+        let addr = self
+            .addr_of(to)
+            .ok_or_else(|| ServerError::Precondition(format!("node {to} has no address")))?;
+        {
+            let mut t = self.transfers.lock().unwrap_or_else(|p| p.into_inner());
+            if t.contains_key(&shard_id) {
+                return Err(ServerError::Precondition(format!(
+                    "a leadership hand-off of shard {shard_id} is already in progress"
+                )));
+            }
+            t.insert(shard_id, to);
+        }
+        shard.raft.runtime_config().heartbeat(false);
+        let res = self.hand_off(shard, to, &addr).await;
+        shard.raft.runtime_config().heartbeat(true);
+        self.transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&shard_id);
+        match &res {
+            Ok(()) => tracing::info!(shard = shard_id, to, "leadership handed off"),
+            Err(e) => tracing::warn!(shard = shard_id, to, error = %e, "leadership hand-off failed"),
+        }
+        res
+    }
+
+    async fn hand_off(&self, shard: &Shard, to: u64, addr: &str) -> Result<(), ServerError> {
+        let r = &self.cfg.raft;
+        let unavailable = |reason: String| ServerError::ShardUnavailable {
+            shard_id: shard.id,
+            reason,
+        };
+        let caught_up = shard
+            .raft
+            .wait(Some(Duration::from_millis(HAND_OFF_CATCH_UP_MS)))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index;
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&to).cloned().flatten())
+                        .is_some_and(|matched| Some(matched.index) == last)
+                },
+                "hand-off target caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(unavailable(format!("node {to} did not catch up for the hand-off")));
+        }
+        // The followers refuse votes until the lease of the last heartbeat
+        // they received has run out.
+        tokio::time::sleep(Duration::from_millis(
+            r.election_timeout_ms_max + r.heartbeat_interval_ms,
+        ))
+        .await;
+        let req = ShardMembershipRequest {
+            shard_id: shard.id,
+            action: MembershipAction::Campaign as i32,
+            ..Default::default()
+        };
+        let peer = self.pool.peer(to, addr).map_err(ServerError::Internal)?;
+        let mut rpc = tonic::Request::new(req);
+        rpc.set_timeout(Duration::from_millis(r.election_timeout_ms_max));
+        RaftTransportClient::new(peer.channel.clone())
+            .shard_membership(rpc)
+            .await
+            .map_err(|s| unavailable(format!("node {to} refused to campaign: {}", s.message())))?;
+        shard
+            .raft
+            .wait(Some(Duration::from_millis(
+                HAND_OFF_ELECTIONS * r.election_timeout_ms_max,
+            )))
+            .metrics(|m| m.current_leader == Some(to), "hand-off target leads")
+            .await
+            .map(|_| ())
+            .map_err(|_| unavailable(format!("node {to} did not win the election")))
     }
 
     /// RocksDB's estimate of the bytes of data in `ranges`.

@@ -128,6 +128,9 @@ pub struct Node {
     pub sm_stats: Arc<SmStats>,
     /// What the placement driver observed (metadata leader only).
     pub placement: crate::placement::driver::DriverState,
+    /// Shards this node is handing its leadership off, to which node. While
+    /// listed, the shard takes no new requests here (see `transfer_leader`).
+    transfers: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 /// How a node came up.
@@ -247,6 +250,7 @@ impl Node {
             layout_confirmed: std::sync::atomic::AtomicBool::new(false),
             sm_stats,
             placement: Default::default(),
+            transfers: std::sync::Mutex::new(BTreeMap::new()),
         });
         membership::drop_orphans(&node).await;
         if mode == StartMode::Bootstrap && node.hosts(META_SHARD_ID) {
@@ -363,6 +367,21 @@ impl Node {
                 });
             }
         };
+        let handing_to = self
+            .transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&shard.id)
+            .copied();
+        if let Some(to) = handing_to.filter(|_| leader == self.id) {
+            // Leadership is being handed off: the new leader will serve.
+            return Err(ServerError::NotLeader {
+                node_id: self.id,
+                shard_id: shard.id,
+                leader_id: Some(to),
+                leader_addr: self.addr_of(to),
+            });
+        }
         if leader == self.id {
             Ok(())
         } else {

@@ -171,6 +171,26 @@ async fn tick_once(node: &Arc<Node>) -> Result<(), ServerError> {
     }
     node.change_layout(|l| Ok(super::remove_drained(l))).await?;
     let layout = node.committed_layout().await?;
+    if layout.rebalance_enabled && layout.ops.is_empty() {
+        let leaders = node
+            .placement
+            .leaders_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((shard, from, to)) = super::plan_leader_transfer(&layout, &leaders, &up) {
+            tracing::info!(shard, from, to, "balancing leaders: handing off a leadership");
+            let req = ShardMembershipRequest {
+                shard_id: shard,
+                action: MembershipAction::TransferLeader as i32,
+                nodes: vec![to],
+                addr: String::new(),
+            };
+            if let Err(e) = call_leader(node, &layout, req).await {
+                tracing::info!(shard, to, error = %e, "leadership hand-off did not happen");
+            }
+        }
+    }
     for m in super::plan_moves(&layout, &up, &down, p.moves_in_flight_max) {
         tracing::info!(
             shard = m.shard,
@@ -301,7 +321,7 @@ async fn drive(node: &Arc<Node>, layout: &ClusterLayout, op: &MoveOp) -> Result<
 }
 
 /// Sends a membership request to the shard's leader, following hints.
-async fn call_leader(
+pub(crate) async fn call_leader(
     node: &Arc<Node>,
     layout: &ClusterLayout,
     req: ShardMembershipRequest,

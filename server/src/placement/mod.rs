@@ -453,6 +453,46 @@ pub fn plan_moves(
     }
 }
 
+/// One leadership hand-off that brings the leader counts per node closer:
+/// from the node leading most shards to the least loaded node holding a
+/// replica of one of them, when their counts differ by more than one. Only
+/// up nodes that are not draining take part; shards with a move in flight
+/// are left alone. `leaders`: node -> shards it leads.
+pub fn plan_leader_transfer(
+    layout: &ClusterLayout,
+    leaders: &BTreeMap<u64, Vec<u64>>,
+    up: &BTreeSet<u64>,
+) -> Option<(u64, u64, u64)> {
+    let eligible = |n: &u64| up.contains(n) && !layout.draining.contains(n) && layout.nodes.contains_key(n);
+    let mut count: BTreeMap<u64, usize> = layout.nodes.keys().filter(|n| eligible(n)).map(|n| (*n, 0)).collect();
+    for (n, shards) in leaders {
+        if let Some(c) = count.get_mut(n) {
+            *c = shards.iter().filter(|s| layout.shards.contains_key(s)).count();
+        }
+    }
+    let mut by_load: Vec<(usize, u64)> = count.iter().map(|(n, c)| (*c, *n)).collect();
+    by_load.sort_by(|a, b| b.cmp(a));
+    for (from_count, from) in by_load {
+        let led = leaders.get(&from)?;
+        let best = led
+            .iter()
+            .filter(|s| layout.op_of(**s).is_none())
+            .filter_map(|s| layout.shards.get(s))
+            .flat_map(|s| {
+                let count = &count;
+                s.replicas
+                    .iter()
+                    .filter(move |r| **r != from && count.get(r).is_some_and(|c| c + 1 < from_count))
+                    .map(move |r| (count[r], *r, s.id))
+            })
+            .min();
+        if let Some((_, to, shard)) = best {
+            return Some((shard, from, to));
+        }
+    }
+    None
+}
+
 /// Whether the replicas per node of `layout` are within one of each other
 /// (over nodes not draining) and no shard has two replicas on one node.
 pub fn is_balanced(layout: &ClusterLayout) -> bool {
@@ -661,6 +701,26 @@ mod tests {
         let shards: BTreeSet<u64> = plan.iter().map(|m| m.shard).collect();
         assert_eq!(shards.len(), 3, "one move per shard");
         assert!(plan_moves(&l, &all(7), &BTreeSet::new(), 0).is_empty());
+    }
+
+    #[test]
+    fn leader_transfers_even_out_leader_counts() {
+        let l = ClusterLayout::bootstrap(&nodes(3), 6);
+        // Node 1 leads everything.
+        let mut leaders: BTreeMap<u64, Vec<u64>> = BTreeMap::from([(1, (1..=6).collect()), (2, vec![]), (3, vec![])]);
+        let mut transfers = 0;
+        while let Some((shard, from, to)) = plan_leader_transfer(&l, &leaders, &all(3)) {
+            assert!(l.shards[&shard].replicas.contains(&to));
+            leaders.get_mut(&from).unwrap().retain(|s| *s != shard);
+            leaders.get_mut(&to).unwrap().push(shard);
+            transfers += 1;
+            assert!(transfers <= 6, "does not converge: {leaders:?}");
+        }
+        let counts: Vec<usize> = leaders.values().map(Vec::len).collect();
+        assert_eq!(counts, vec![2, 2, 2]);
+        // Down nodes get nothing.
+        let leaders = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![4, 5, 6]), (3, vec![])]);
+        assert_eq!(plan_leader_transfer(&l, &leaders, &[1, 2].into()), None);
     }
 
     #[test]

@@ -564,4 +564,37 @@ impl Admin for AdminService {
         )
         .await
     }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let layout = node.committed_layout().await?;
+                let shard = layout
+                    .shards
+                    .get(&req.shard_id)
+                    .ok_or(crate::placement::PlacementError::UnknownShard(req.shard_id))?;
+                if !shard.replicas.contains(&req.to_node) {
+                    return Err(crate::placement::PlacementError::NotAReplica {
+                        shard: req.shard_id,
+                        node: req.to_node,
+                    }
+                    .into());
+                }
+                let call = ShardMembershipRequest {
+                    shard_id: req.shard_id,
+                    action: MembershipAction::TransferLeader as i32,
+                    nodes: vec![req.to_node],
+                    addr: String::new(),
+                };
+                let r = crate::placement::driver::call_leader(&node, &layout, call).await?;
+                Ok(TransferLeaderResponse { leader_id: r.leader })
+            },
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
 }
