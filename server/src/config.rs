@@ -106,6 +106,9 @@ pub struct PlacementConfig {
     /// A move whose target stays silent this long is rolled back (only
     /// before the target became a voter).
     pub move_target_down_ms: u64,
+    /// A shard whose leader estimates it larger than this is split at the
+    /// middle of its range, while rebalancing is on (0 = never).
+    pub split_shard_bytes: u64,
 }
 
 impl Default for PlacementConfig {
@@ -116,6 +119,7 @@ impl Default for PlacementConfig {
             node_alive_ms: 5_000,
             node_down_replace_ms: 10 * 60 * 1000,
             move_target_down_ms: 60_000,
+            split_shard_bytes: 1 << 30,
         }
     }
 }

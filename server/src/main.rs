@@ -73,6 +73,9 @@ struct Args {
     /// A node is up if it answered the metadata leader within this time.
     #[arg(long)]
     node_alive_ms: Option<u64>,
+    /// Split shards larger than this many bytes (0 = never).
+    #[arg(long)]
+    split_shard_bytes: Option<u64>,
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long)]
@@ -145,6 +148,7 @@ impl Args {
         set!(self.node_down_replace_ms, c.placement.node_down_replace_ms);
         set!(self.move_target_down_ms, c.placement.move_target_down_ms);
         set!(self.node_alive_ms, c.placement.node_alive_ms);
+        set!(self.split_shard_bytes, c.placement.split_shard_bytes);
         set!(self.heartbeat_interval_ms, c.raft.heartbeat_interval_ms);
         set!(self.election_timeout_ms_min, c.raft.election_timeout_ms_min);
         set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);

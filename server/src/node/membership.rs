@@ -100,7 +100,7 @@ pub(super) async fn open_group(
         let vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
         state.last_log_id.is_none() && vote.is_none()
     };
-    let sm = ShardStateMachine::open(
+    let mut sm = ShardStateMachine::open(
         info.id,
         db.clone(),
         info.ranges.clone(),
@@ -108,6 +108,18 @@ pub(super) async fn open_group(
         sm_stats.clone(),
     )
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    if sm.is_unsnapshotted_seed().map_err(|e| NodeError::Raft(e.to_string()))? {
+        // Born from a split with its log "purged" up to index 0: a replica
+        // that lacks the state must get a snapshot, so one must exist
+        // before this replica can lead.
+        use openraft::storage::RaftSnapshotBuilder;
+        use openraft::storage::RaftStateMachine;
+        let mut builder = sm.get_snapshot_builder().await;
+        builder
+            .build_snapshot()
+            .await
+            .map_err(|e| NodeError::Raft(format!("shard {}: snapshot of the split-off state: {e}", info.id)))?;
+    }
     let meta = (info.id == META_SHARD_ID).then(|| sm.subscribe_layout());
     let net = NetworkFactory {
         shard: info.id,
@@ -154,7 +166,11 @@ pub(super) async fn join_cluster(
             Ok(r) => {
                 let epoch = r.into_inner().epoch;
                 match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
-                    Ok((Some(l), _)) if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) => return Ok(l),
+                    Ok(Polled { layout: Some(l), .. })
+                        if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) =>
+                    {
+                        return Ok(l)
+                    }
                     Ok(_) => last_error = "the seed does not know the new layout yet".into(),
                     Err(e) => last_error = e,
                 }
@@ -175,14 +191,21 @@ pub(super) async fn join_cluster(
     )))
 }
 
-/// One layout long poll to a peer: its layout if newer than `known_epoch`,
-/// and the shards it leads.
+/// What a peer answered to a layout poll.
+pub struct Polled {
+    /// Its layout, if newer than the epoch asked about.
+    pub layout: Option<ClusterLayout>,
+    /// Shards it leads, with their approximate sizes in bytes.
+    pub leading: Vec<(u64, u64)>,
+}
+
+/// One layout long poll to a peer.
 pub async fn fetch_layout(
     channel: &tonic::transport::Channel,
     from_node: u64,
     known_epoch: u64,
     wait_ms: u64,
-) -> Result<(Option<ClusterLayout>, Vec<u64>), String> {
+) -> Result<Polled, String> {
     let mut req = tonic::Request::new(FetchLayoutRequest {
         from_node,
         known_epoch,
@@ -200,7 +223,11 @@ pub async fn fetch_layout(
     } else {
         Some(decode::<ClusterLayout>(&resp.layout).map_err(|e| format!("undecodable layout: {e}"))?)
     };
-    Ok((layout, resp.leading))
+    let sizes = resp.leading_bytes.iter().copied().chain(std::iter::repeat(0));
+    Ok(Polled {
+        layout,
+        leading: resp.leading.iter().copied().zip(sizes).collect(),
+    })
 }
 
 impl Node {
@@ -214,6 +241,15 @@ impl Node {
             Ok(Ok(l)) => Some(l.clone()),
             _ => None,
         }
+    }
+
+    /// Approximate bytes of each shard in [`Self::leading`], same order.
+    pub fn leading_sizes(&self) -> Vec<u64> {
+        let layout = self.layout();
+        self.leading()
+            .iter()
+            .map(|id| layout.shards.get(id).map_or(0, |s| self.approximate_bytes(&s.ranges)))
+            .collect()
     }
 
     /// Shards this node currently leads.
@@ -276,7 +312,13 @@ impl Node {
                 if let Err(e) = shard.raft.shutdown().await {
                     tracing::warn!(shard = id, error = %e, "raft shutdown of a removed replica");
                 }
-                self.delete_shard_data(id, &shard.info.ranges).await?;
+                // The layout's ranges are current (a split may have
+                // narrowed the ones the group was opened with).
+                let ranges = layout
+                    .shards
+                    .get(&id)
+                    .map_or(shard.info.ranges.clone(), |s| s.ranges.clone());
+                self.delete_shard_data(id, &ranges).await?;
                 tracing::info!(
                     shard = id,
                     epoch = layout.epoch,
@@ -301,11 +343,17 @@ impl Node {
             .collect();
         // Data is keyed by token: delete only ranges no hosted shard owns
         // (never the case in a consistent layout; checked anyway).
+        let layout = self.layout();
         let owned: Vec<crate::ring::TokenRange> = self
             .shard_list()
             .iter()
-            .filter(|s| s.id != shard_id)
-            .flat_map(|s| s.info.ranges.clone())
+            .filter(|s| s.id != shard_id && s.id != META_SHARD_ID)
+            .flat_map(|s| {
+                layout
+                    .shards
+                    .get(&s.id)
+                    .map_or(s.info.ranges.clone(), |i| i.ranges.clone())
+            })
             .collect();
         for r in ranges {
             let overlaps = owned
@@ -362,6 +410,25 @@ impl Node {
                 })?;
             return Ok(ShardMembershipResponse::default());
         }
+        if action == MembershipAction::Split {
+            let [new_shard] = req.nodes[..] else {
+                return Err(ServerError::InvalidArgument("SPLIT names exactly the new shard".into()));
+            };
+            let deadline = Instant::now() + Duration::from_millis(MEMBERSHIP_CHANGE_TIMEOUT_MS);
+            let cmd = Command::Split {
+                at: req.split_token,
+                new_shard,
+            };
+            match self.write(req.shard_id, cmd, None, deadline).await? {
+                RaftResponse::Done => {}
+                other => {
+                    return Err(ServerError::Precondition(format!(
+                        "shard {} refused the split: {other:?}",
+                        req.shard_id
+                    )))
+                }
+            }
+        }
         if action == MembershipAction::TransferLeader {
             let [to] = req.nodes[..] else {
                 return Err(ServerError::InvalidArgument(
@@ -377,7 +444,10 @@ impl Node {
             e => Err(e),
         })?;
         let change: Option<ChangeMembers<u64, BasicNode>> = match action {
-            MembershipAction::Read | MembershipAction::TransferLeader | MembershipAction::Campaign => None,
+            MembershipAction::Read
+            | MembershipAction::TransferLeader
+            | MembershipAction::Campaign
+            | MembershipAction::Split => None,
             MembershipAction::AddLearner => {
                 let [node] = req.nodes[..] else {
                     return Err(ServerError::InvalidArgument(
@@ -464,7 +534,11 @@ impl Node {
             learners: membership.learner_ids().collect(),
             joint: joint.len() > 1,
             last_log_index: m.last_log_index.unwrap_or(0),
-            approximate_bytes: self.approximate_bytes(&shard.info.ranges),
+            approximate_bytes: self
+                .layout()
+                .shards
+                .get(&req.shard_id)
+                .map_or(0, |s| self.approximate_bytes(&s.ranges)),
             ..Default::default()
         };
         if let Some(repl) = &m.replication {
@@ -699,12 +773,12 @@ pub(super) async fn sync_layout(node: Arc<Node>) {
             Err(e) => Err(e),
         };
         match polled {
-            Ok((Some(l), _)) => {
+            Ok(Polled { layout: Some(l), .. }) => {
                 if let Err(e) = node.adopt_layout(l).await {
                     tracing::warn!(error = %e, "adopting a polled layout");
                 }
             }
-            Ok((None, _)) => {}
+            Ok(Polled { layout: None, .. }) => {}
             Err(e) => {
                 tracing::debug!(member = m, error = %e, "layout poll failed; trying the next member");
                 next_member += 1;
@@ -737,7 +811,12 @@ pub(super) async fn drop_orphans(node: &Arc<Node>) {
         }
     }
     for id in found.difference(&desired).copied().filter(|id| *id != META_SHARD_ID) {
-        let ranges = layout.shards.get(&id).map(|s| s.ranges.clone()).unwrap_or_default();
+        // A shard the layout does not know may be the new half of a split
+        // this node applied before it learned of the layout: keep it.
+        let Some(ranges) = layout.shards.get(&id).map(|s| s.ranges.clone()) else {
+            tracing::info!(shard = id, "keeping state of a shard the layout does not know yet");
+            continue;
+        };
         match node.delete_shard_data(id, &ranges).await {
             Ok(()) => tracing::info!(shard = id, "deleted a replica the layout no longer assigns here"),
             Err(e) => tracing::warn!(shard = id, error = %e, "deleting an orphaned replica"),

@@ -26,6 +26,7 @@ use crate::node::membership::fetch_layout;
 use crate::node::Node;
 use crate::ring::ClusterLayout;
 use crate::ring::MoveOp;
+use crate::ring::SplitOp;
 
 /// Longest a liveness probe of one node may take.
 const PROBE_TIMEOUT_MS: u64 = 1_000;
@@ -103,6 +104,8 @@ pub struct DriverState {
     pub leaders_seen: std::sync::Mutex<BTreeMap<u64, Vec<u64>>>,
     /// Operation id -> (next step, entries behind or -1).
     pub progress: std::sync::Mutex<BTreeMap<u64, (String, i64)>>,
+    /// Shard -> approximate bytes, as its leader last reported.
+    pub sizes: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 impl DriverState {
@@ -169,8 +172,26 @@ async fn tick_once(node: &Arc<Node>) -> Result<(), ServerError> {
         })
         .await?;
     }
+    for sp in layout.splits.values() {
+        if let Err(e) = drive_split(node, &layout, sp).await {
+            tracing::info!(shard = sp.shard, error = %e, "split did not complete; retrying next tick");
+        }
+    }
     node.change_layout(|l| Ok(super::remove_drained(l))).await?;
     let layout = node.committed_layout().await?;
+    if layout.rebalance_enabled && layout.ops.is_empty() && layout.splits.is_empty() {
+        let sizes = node.placement.sizes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(shard) = super::plan_split(&layout, &sizes, p.split_shard_bytes) {
+            tracing::info!(
+                shard,
+                bytes = sizes.get(&shard).copied().unwrap_or(0),
+                "splitting a large shard"
+            );
+            let now = crate::node::now_ms();
+            node.change_layout(|l| super::start_split(l, shard, None, "size", now).map(Some))
+                .await?;
+        }
+    }
     if layout.rebalance_enabled && layout.ops.is_empty() {
         let leaders = node
             .placement
@@ -185,6 +206,7 @@ async fn tick_once(node: &Arc<Node>) -> Result<(), ServerError> {
                 action: MembershipAction::TransferLeader as i32,
                 nodes: vec![to],
                 addr: String::new(),
+                split_token: 0,
             };
             if let Err(e) = call_leader(node, &layout, req).await {
                 tracing::info!(shard, to, error = %e, "leadership hand-off did not happen");
@@ -214,7 +236,8 @@ async fn tick_once(node: &Arc<Node>) -> Result<(), ServerError> {
 async fn probe_nodes(node: &Arc<Node>, layout: &ClusterLayout) {
     let probes = layout.nodes.iter().map(|(id, addr)| async move {
         if *id == node.id {
-            return (*id, Ok(node.leading()));
+            let leading: Vec<(u64, u64)> = node.leading().into_iter().zip(node.leading_sizes()).collect();
+            return (*id, Ok(leading));
         }
         let res = match node.pool.peer(*id, addr) {
             Ok(peer) => tokio::time::timeout(
@@ -223,19 +246,22 @@ async fn probe_nodes(node: &Arc<Node>, layout: &ClusterLayout) {
             )
             .await
             .map_err(|_| "probe timed out".to_string())
-            .and_then(|r| r.map(|(_, leading)| leading)),
+            .and_then(|r| r.map(|p| p.leading)),
             Err(e) => Err(e),
         };
         (*id, res)
     });
     let results = futures::future::join_all(probes).await;
     let mut seen = node.placement.leaders_seen.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sizes = node.placement.sizes.lock().unwrap_or_else(|p| p.into_inner());
     seen.retain(|n, _| layout.nodes.contains_key(n));
+    sizes.retain(|s, _| layout.shards.contains_key(s));
     for (id, res) in results {
         match res {
             Ok(leading) => {
                 node.placement.liveness.mark(id);
-                seen.insert(id, leading);
+                seen.insert(id, leading.iter().map(|(s, _)| *s).collect());
+                sizes.extend(leading);
             }
             Err(e) => tracing::debug!(node = id, error = %e, "probe failed"),
         }
@@ -269,6 +295,7 @@ async fn drive(node: &Arc<Node>, layout: &ClusterLayout, op: &MoveOp) -> Result<
         action: action as i32,
         nodes,
         addr,
+        split_token: 0,
     };
     match step {
         Step::AddLearner => {
@@ -317,6 +344,29 @@ async fn drive(node: &Arc<Node>, layout: &ClusterLayout, op: &MoveOp) -> Result<
             );
         }
     }
+    Ok(())
+}
+
+/// Has the shard's leader apply a recorded split, then records it done.
+async fn drive_split(node: &Arc<Node>, layout: &ClusterLayout, sp: &SplitOp) -> Result<(), ServerError> {
+    let req = ShardMembershipRequest {
+        shard_id: sp.shard,
+        action: MembershipAction::Split as i32,
+        nodes: vec![sp.new_shard],
+        addr: String::new(),
+        split_token: sp.at,
+    };
+    call_leader(node, layout, req).await?;
+    let shard = sp.shard;
+    node.change_layout(|l| {
+        if l.splits.contains_key(&shard) {
+            super::finish_split(l, shard).map(Some)
+        } else {
+            Ok(None)
+        }
+    })
+    .await?;
+    tracing::info!(shard, new_shard = sp.new_shard, at = sp.at, "split done");
     Ok(())
 }
 

@@ -30,6 +30,9 @@ use std::collections::BTreeSet;
 
 use crate::ring::ClusterLayout;
 use crate::ring::MoveOp;
+use crate::ring::ShardInfo;
+use crate::ring::SplitOp;
+use crate::ring::TokenRange;
 use crate::ring::META_SHARD_ID;
 use crate::ring::REPLICATION_FACTOR;
 
@@ -60,6 +63,10 @@ pub enum PlacementError {
     NodeExists { id: u64, addr: String },
     #[error("address {addr} is already used by node {id}")]
     AddressInUse { id: u64, addr: String },
+    #[error("shard {0} has a split in flight")]
+    SplitPending(u64),
+    #[error("shard {shard} cannot split: {why}")]
+    CannotSplit { shard: u64, why: String },
     #[error("operation {0} does not exist")]
     UnknownOp(u64),
     #[error("operation {0} cannot be cancelled: its target is already a voter")]
@@ -101,6 +108,9 @@ pub fn start_move(
     }
     if let Some(op) = layout.op_of(shard) {
         return Err(PlacementError::ShardBusy { shard, op: op.id });
+    }
+    if layout.splits.contains_key(&shard) {
+        return Err(PlacementError::SplitPending(shard));
     }
     if layout.draining.contains(&to) {
         return Err(PlacementError::NodeDraining(to));
@@ -169,6 +179,105 @@ pub fn cancel_move(layout: &ClusterLayout, op_id: u64) -> Result<ClusterLayout, 
         }
         Ok(())
     })
+}
+
+/// Records a split of `shard` at token `at` (`None`: the middle of its
+/// range). The new shard gets the next shard id.
+pub fn start_split(
+    layout: &ClusterLayout,
+    shard: u64,
+    at: Option<u64>,
+    reason: &str,
+    now_ms: u64,
+) -> Result<ClusterLayout, PlacementError> {
+    let info = layout.shards.get(&shard).ok_or(PlacementError::UnknownShard(shard))?;
+    if let Some(op) = layout.op_of(shard) {
+        return Err(PlacementError::ShardBusy { shard, op: op.id });
+    }
+    if layout.splits.contains_key(&shard) {
+        return Err(PlacementError::SplitPending(shard));
+    }
+    let cannot = |why: String| PlacementError::CannotSplit { shard, why };
+    let [range] = info.ranges[..] else {
+        return Err(cannot("it owns several token ranges".into()));
+    };
+    let end = range.end.map_or(u128::from(u64::MAX) + 1, u128::from);
+    let at = match at {
+        Some(t) => t,
+        None => ((u128::from(range.start) + end) / 2) as u64,
+    };
+    if !(range.start < at && range.contains(at)) {
+        return Err(cannot(format!(
+            "token {at} is not strictly inside its range [{}, {})",
+            range.start,
+            range.end.map_or("2^64".to_string(), |e| e.to_string())
+        )));
+    }
+    next_layout(layout, |l| {
+        let new_shard = l.next_shard_id;
+        l.next_shard_id += 1;
+        l.splits.insert(
+            shard,
+            SplitOp {
+                shard,
+                new_shard,
+                at,
+                reason: reason.to_string(),
+                created_ms: now_ms,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// The layout after the split of `shard` was applied by the shard: the new
+/// shard owns the upper part, on the same replicas.
+pub fn finish_split(layout: &ClusterLayout, shard: u64) -> Result<ClusterLayout, PlacementError> {
+    let sp = layout
+        .splits
+        .get(&shard)
+        .ok_or(PlacementError::UnknownShard(shard))?
+        .clone();
+    next_layout(layout, |l| {
+        l.splits.remove(&shard);
+        let s = l.shards.get_mut(&shard).ok_or(PlacementError::UnknownShard(shard))?;
+        let [range] = s.ranges[..] else {
+            return Err(PlacementError::CannotSplit {
+                shard,
+                why: "it owns several token ranges".into(),
+            });
+        };
+        s.ranges = vec![TokenRange {
+            start: range.start,
+            end: Some(sp.at),
+        }];
+        let new = ShardInfo {
+            id: sp.new_shard,
+            replicas: s.replicas.clone(),
+            ranges: vec![TokenRange {
+                start: sp.at,
+                end: range.end,
+            }],
+            learners: vec![],
+        };
+        l.shards.insert(sp.new_shard, new);
+        l.ring.insert(sp.at, sp.new_shard);
+        Ok(())
+    })
+}
+
+/// The largest shard (by `sizes`: shard -> bytes) above `split_bytes`
+/// that is not busy, to split at its middle; `split_bytes == 0` = never.
+pub fn plan_split(layout: &ClusterLayout, sizes: &BTreeMap<u64, u64>, split_bytes: u64) -> Option<u64> {
+    if split_bytes == 0 {
+        return None;
+    }
+    sizes
+        .iter()
+        .filter(|(s, b)| **b > split_bytes && layout.shards.get(s).is_some_and(|i| i.ranges.len() == 1))
+        .filter(|(s, _)| !layout.busy(**s))
+        .max_by_key(|(s, b)| (**b, std::cmp::Reverse(**s)))
+        .map(|(s, _)| *s)
 }
 
 /// Adds a node (idempotent for the same id and address).
@@ -383,7 +492,7 @@ pub fn plan_moves(
         };
         // Shards without an operation, with a replica on a node that must
         // be emptied: draining first, then down.
-        let evacuate = l.shards.values().filter(|s| l.op_of(s.id).is_none()).find_map(|s| {
+        let evacuate = l.shards.values().filter(|s| !l.busy(s.id)).find_map(|s| {
             let from = s
                 .replicas
                 .iter()
@@ -433,7 +542,7 @@ pub fn plan_moves(
         let pick = sources.iter().filter(|(c, _)| *c > min + 1).find_map(|(_, from)| {
             l.shards
                 .values()
-                .filter(|s| l.op_of(s.id).is_none())
+                .filter(|s| !l.busy(s.id))
                 .find(|s| s.replicas.contains(from) && !s.members().any(|m| m == min_node))
                 .map(|s| (s.id, *from))
         });
@@ -476,7 +585,7 @@ pub fn plan_leader_transfer(
         let led = leaders.get(&from)?;
         let best = led
             .iter()
-            .filter(|s| layout.op_of(**s).is_none())
+            .filter(|s| !layout.busy(**s))
             .filter_map(|s| layout.shards.get(s))
             .flat_map(|s| {
                 let count = &count;
@@ -721,6 +830,43 @@ mod tests {
         // Down nodes get nothing.
         let leaders = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![4, 5, 6]), (3, vec![])]);
         assert_eq!(plan_leader_transfer(&l, &leaders, &[1, 2].into()), None);
+    }
+
+    #[test]
+    fn splits_halve_a_range_and_keep_the_ring_whole() {
+        let l = ClusterLayout::bootstrap(&nodes(4), 2);
+        let r2 = l.shards[&2].ranges[0];
+        assert_eq!(r2.end, None);
+        let s = start_split(&l, 2, None, "test", 0).unwrap();
+        let sp = s.splits[&2].clone();
+        assert_eq!(sp.new_shard, 3);
+        assert!(sp.at > r2.start);
+        assert_eq!(l.shards[&2].replicas, vec![2, 3, 4]);
+        assert!(matches!(
+            start_move(&s, 2, 2, 1, "", 0),
+            Err(PlacementError::SplitPending(2))
+        ));
+        assert!(matches!(
+            start_split(&s, 2, None, "", 0),
+            Err(PlacementError::SplitPending(2))
+        ));
+        let f = finish_split(&s, 2).unwrap();
+        f.check().unwrap();
+        assert_eq!(f.shards.len(), 3);
+        assert_eq!(f.shard_for_token(sp.at), Some(3));
+        assert_eq!(f.shard_for_token(sp.at - 1), Some(2));
+        assert_eq!(f.shard_for_token(u64::MAX), Some(3));
+        assert_eq!(f.shards[&3].replicas, f.shards[&2].replicas);
+        assert_eq!(f.next_shard_id, 4);
+        // A token outside, or at the start, is refused.
+        assert!(start_split(&l, 1, Some(0), "", 0).is_err());
+        assert!(start_split(&l, 1, Some(r2.start), "", 0).is_err());
+        // Auto split picks the largest shard over the threshold.
+        let sizes = BTreeMap::from([(1, 10), (2, 500)]);
+        assert_eq!(plan_split(&l, &sizes, 100), Some(2));
+        assert_eq!(plan_split(&l, &sizes, 1000), None);
+        assert_eq!(plan_split(&l, &sizes, 0), None);
+        assert_eq!(plan_split(&s, &sizes, 100), None, "busy shards are not split again");
     }
 
     #[test]

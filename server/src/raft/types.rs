@@ -73,6 +73,14 @@ pub enum Command {
     },
     /// Metadata group only: install the bootstrap layout if none exists.
     InitCluster(ClusterLayout),
+    /// Data shards: split off the tokens `>= at` of the shard's single range
+    /// into the new shard `new_shard`, which starts with that part of the
+    /// data, the key index and a copy of the session table, and the
+    /// shard's membership. Applied at the same log index on every replica.
+    Split {
+        at: u64,
+        new_shard: u64,
+    },
     /// Metadata group only: replace the layout if its epoch is still
     /// `expected_epoch` (compare-and-swap); `layout.epoch` must be the next.
     UpdateLayout {

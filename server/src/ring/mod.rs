@@ -76,6 +76,18 @@ pub struct MoveOp {
     pub cancelled: bool,
 }
 
+/// A recorded split of `shard` at token `at`: the tokens `>= at` go to
+/// `new_shard` on the same replicas. Recorded before the split command is
+/// proposed in the shard, so a new metadata leader finishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitOp {
+    pub shard: u64,
+    pub new_shard: u64,
+    pub at: u64,
+    pub reason: String,
+    pub created_ms: u64,
+}
+
 /// Everything the metadata group stores: nodes, shards, ring and epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterLayout {
@@ -98,6 +110,10 @@ pub struct ClusterLayout {
     /// Whether the metadata leader starts moves on its own to balance
     /// replicas. Moves off draining nodes happen either way.
     pub rebalance_enabled: bool,
+    /// Splits recorded and not yet reflected in `shards`, by shard.
+    pub splits: BTreeMap<u64, SplitOp>,
+    /// Id the next shard created by a split gets.
+    pub next_shard_id: u64,
 }
 
 /// Errors in a layout; they indicate a bug or corrupt metadata.
@@ -159,6 +175,8 @@ impl ClusterLayout {
             next_op_id: 1,
             draining: BTreeSet::new(),
             rebalance_enabled: true,
+            splits: BTreeMap::new(),
+            next_shard_id: u64::from(shard_count) + 1,
         };
         debug_assert_eq!(layout.check(), Ok(()));
         layout
@@ -188,6 +206,11 @@ impl ClusterLayout {
     /// The in-flight move of `shard`, if any.
     pub fn op_of(&self, shard: u64) -> Option<&MoveOp> {
         self.ops.values().find(|o| o.shard == shard)
+    }
+
+    /// Whether `shard` has a move or a split in flight.
+    pub fn busy(&self, shard: u64) -> bool {
+        self.op_of(shard).is_some() || self.splits.contains_key(&shard)
     }
 
     /// Verifies the layout's internal consistency.
@@ -232,6 +255,24 @@ impl ClusterLayout {
             }
             if !info.learners.contains(&op.to) {
                 return bad("target is not a learner");
+            }
+        }
+        for sp in self.splits.values() {
+            let bad = |why: &str| Err(RingError::BadOp(0, format!("split of shard {}: {why}", sp.shard)));
+            let Some(info) = self.shards.get(&sp.shard) else {
+                return bad("unknown shard");
+            };
+            if op_shards.contains(&sp.shard) {
+                return bad("the shard also has a move in flight");
+            }
+            let [r] = info.ranges[..] else {
+                return bad("the shard owns several ranges");
+            };
+            if !(r.start < sp.at && r.contains(sp.at)) {
+                return bad("the token is not strictly inside the shard's range");
+            }
+            if self.shards.contains_key(&sp.new_shard) || sp.new_shard >= self.next_shard_id || sp.new_shard == 0 {
+                return bad("bad new shard id");
             }
         }
         for info in self.shards.values() {

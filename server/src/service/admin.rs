@@ -31,6 +31,8 @@ use crate::ring::META_SHARD_ID;
 pub const TRIGGER_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 /// Metadata key counting how often a placement call was forwarded.
 const ADMIN_HOPS_METADATA_KEY: &str = "ringkv-admin-hops";
+/// Longest SplitShard waits for the split to reach the layout.
+const SPLIT_WAIT_MS: u64 = 25_000;
 /// Deadline of a forwarded placement call.
 const ADMIN_FORWARD_TIMEOUT_MS: u64 = 30_000;
 
@@ -100,9 +102,10 @@ impl AdminService {
         remote: R,
     ) -> Result<Response<Resp>, Status>
     where
+        Req: Clone,
         L: FnOnce(Arc<Node>, Req) -> LF,
         LF: Future<Output = Result<Resp, ServerError>>,
-        R: FnOnce(AdminClient<Channel>, Request<Req>) -> RF,
+        R: Fn(AdminClient<Channel>, Request<Req>) -> RF,
         RF: Future<Output = Result<Response<Resp>, Status>>,
     {
         let node = self.node.clone();
@@ -132,23 +135,14 @@ impl AdminService {
             ));
         }
         let layout = node.layout();
-        let target = match node.meta_leader() {
-            Some(l) => l,
+        let targets: Vec<u64> = match node.meta_leader() {
+            Some(l) => vec![l],
             None if node.hosts(META_SHARD_ID) => {
                 return Err(unavailable("the metadata group has no leader right now; retry".into()))
             }
-            // Not a member: ask a member, which knows its leader.
-            None => match layout.meta_replicas.iter().copied().find(|m| *m != node.id) {
-                Some(m) => m,
-                None => return Err(unavailable("no metadata member known".into())),
-            },
+            // Not a member: ask the members in turn; each knows its leader.
+            None => layout.meta_replicas.iter().copied().filter(|m| *m != node.id).collect(),
         };
-        let addr = layout
-            .nodes
-            .get(&target)
-            .cloned()
-            .ok_or_else(|| unavailable(format!("node {target} has no address")))?;
-        let peer = node.pool.peer(target, &addr).map_err(unavailable)?;
         let (mut meta, _, inner) = req.into_parts();
         meta.insert(
             ADMIN_HOPS_METADATA_KEY,
@@ -158,9 +152,24 @@ impl AdminService {
                 .map_err(|_| unavailable("bad hop count".into()))?,
         );
         meta.remove("grpc-timeout");
-        let mut r = Request::from_parts(meta, Default::default(), inner);
-        r.set_timeout(Duration::from_millis(ADMIN_FORWARD_TIMEOUT_MS));
-        remote(AdminClient::new(peer.channel.clone()), r).await
+        let mut last = unavailable("no metadata member known".into());
+        for target in targets {
+            let Some(addr) = layout.nodes.get(&target).cloned() else {
+                continue;
+            };
+            let peer = node.pool.peer(target, &addr).map_err(unavailable)?;
+            let mut r = Request::from_parts(meta.clone(), Default::default(), inner.clone());
+            r.set_timeout(Duration::from_millis(ADMIN_FORWARD_TIMEOUT_MS));
+            match remote(AdminClient::new(peer.channel.clone()), r).await {
+                // A typed answer (success or error) is the leader's word.
+                Ok(resp) => return Ok(resp),
+                Err(status) if ServerError::from_status(&status).is_some() => return Err(status),
+                Err(status) => {
+                    last = unavailable(format!("metadata member {target} at {addr}: {}", status.message()));
+                }
+            }
+        }
+        Err(last)
     }
 }
 
@@ -589,11 +598,52 @@ impl Admin for AdminService {
                     action: MembershipAction::TransferLeader as i32,
                     nodes: vec![req.to_node],
                     addr: String::new(),
+                    split_token: 0,
                 };
                 let r = crate::placement::driver::call_leader(&node, &layout, call).await?;
                 Ok(TransferLeaderResponse { leader_id: r.leader })
             },
             |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
+
+    async fn split_shard(&self, request: Request<SplitShardRequest>) -> Result<Response<SplitShardResponse>, Status> {
+        self.on_meta_leader(
+            request,
+            |node, req| async move {
+                let at = (req.split_token != 0).then_some(req.split_token);
+                let now = crate::node::now_ms();
+                let l = node
+                    .change_layout(|l| crate::placement::start_split(l, req.shard_id, at, "operator", now).map(Some))
+                    .await?;
+                let sp = l
+                    .splits
+                    .get(&req.shard_id)
+                    .cloned()
+                    .ok_or_else(|| ServerError::Internal("the recorded split is missing".into()))?;
+                tracing::info!(shard = sp.shard, new_shard = sp.new_shard, at = sp.at, "split recorded");
+                // The driver carries it out; answer once it is in the layout.
+                let mut rx = node.subscribe_layout();
+                let done = tokio::time::timeout(
+                    Duration::from_millis(SPLIT_WAIT_MS),
+                    rx.wait_for(|l| l.shards.contains_key(&sp.new_shard)),
+                )
+                .await;
+                match done {
+                    Ok(Ok(l)) => Ok(SplitShardResponse {
+                        epoch: l.epoch,
+                        new_shard_id: sp.new_shard,
+                        split_token: sp.at,
+                    }),
+                    _ => Err(ServerError::DeadlineExceeded(format!(
+                        "split of shard {} into {} recorded but not finished within {SPLIT_WAIT_MS} ms; \
+                         it continues in the background (see ListShards)",
+                        sp.shard, sp.new_shard
+                    ))),
+                }
+            },
+            |mut c, r| async move { c.split_shard(r).await },
         )
         .await
     }

@@ -165,6 +165,7 @@ impl RaftTransport for TransportService {
         Ok(Response::new(FetchLayoutResponse {
             epoch: self.node.epoch(),
             layout: layout.map(|l| encode(&*l)).unwrap_or_default(),
+            leading_bytes: self.node.leading_sizes(),
             leading: self.node.leading(),
         }))
     }

@@ -13,6 +13,9 @@ pub const META_SNAPSHOT: u8 = b'S';
 pub const META_LAYOUT: u8 = b'L';
 /// A snapshot install in progress (redone at open after a crash).
 pub const META_INSTALLING: u8 = b'I';
+/// The token ranges the shard owns, once they differ from its bootstrap
+/// ranges (after a split); replicated state like the data.
+pub const META_RANGES: u8 = b'R';
 
 /// Pseudo shard id for node-wide records in `meta`.
 pub const NODE_RECORDS: u64 = u64::MAX;

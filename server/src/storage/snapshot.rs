@@ -37,6 +37,9 @@ pub enum RecordTag {
     Layout = 3,
     /// Empty key -> encoded state-machine clock.
     Clock = 4,
+    /// Empty key -> encoded token ranges the shard owns. First record when
+    /// present (data shards).
+    Ranges = 5,
 }
 
 impl RecordTag {
@@ -46,6 +49,7 @@ impl RecordTag {
             2 => RecordTag::Session,
             3 => RecordTag::Layout,
             4 => RecordTag::Clock,
+            5 => RecordTag::Ranges,
             _ => return None,
         })
     }

@@ -127,6 +127,10 @@ pub fn write_snapshot(
     let path = files.path(&tmp);
     let f = File::create(&path).map_err(|e| io("create", &path, e))?;
     let mut w = SnapshotWriter::new(f)?;
+    if !content.ranges.is_empty() {
+        // First, so an install knows which data it replaces.
+        w.record(RecordTag::Ranges, b"", &encode(&content.ranges.to_vec()))?;
+    }
     w.record(RecordTag::Clock, b"", &content.clock_ms.to_be_bytes())?;
     for r in content.ranges {
         let mut opts = rocksdb::ReadOptions::default();

@@ -133,6 +133,8 @@ impl ShardStateMachine {
     ) -> Result<Self, StorageError> {
         assert!(session_ttl_ms > 0);
         let state = read_meta(&db, &keys::tagged(shard, keys::META_APPLIED), "applied state")?.unwrap_or_default();
+        // After a split the replicated ranges differ from the layout's.
+        let ranges = read_meta(&db, &keys::tagged(shard, keys::META_RANGES), "ranges")?.unwrap_or(ranges);
         let layout = if shard == META_SHARD_ID {
             read_layout(&db)?
         } else {
@@ -172,9 +174,129 @@ impl ShardStateMachine {
         self.layout_tx.subscribe()
     }
 
-    fn owns(&self, key: &[u8]) -> bool {
+    /// The ranges in force: changed by a split earlier in this apply batch.
+    fn ranges_now<'a>(&'a self, overlay: &'a Overlay) -> &'a [TokenRange] {
+        overlay.ranges.as_deref().unwrap_or(&self.ranges)
+    }
+
+    fn owns(&self, overlay: &Overlay, key: &[u8]) -> bool {
         let t = token_of(key);
-        self.ranges.iter().any(|r| r.contains(t))
+        self.ranges_now(overlay).iter().any(|r| r.contains(t))
+    }
+
+    /// Whether this is a shard born from a split (applied at log index 0)
+    /// that has no snapshot yet.
+    pub fn is_unsnapshotted_seed(&self) -> Result<bool, StorageError> {
+        let seed = self
+            .state
+            .last_applied
+            .is_some_and(|l| l.index == 0 && l.leader_id.term == 0);
+        Ok(seed && self.shard != META_SHARD_ID && self.read_current_snapshot()?.is_none())
+    }
+
+    /// The token ranges this shard owns now.
+    pub fn ranges(&self) -> &[TokenRange] {
+        &self.ranges
+    }
+
+    /// Splits the tokens `>= at` off into `new_shard` (see `Command::Split`).
+    /// The caller flushed every earlier entry, so the database is current.
+    fn split(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        overlay: &mut Overlay,
+        at: u64,
+        new_shard: u64,
+    ) -> Result<RaftResponse, StorageError> {
+        let rd = |e: String| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Read, e);
+        let reject = |reason: String| Ok(RaftResponse::Rejected { reason });
+        let [range] = self.ranges_now(overlay) else {
+            return reject(format!("shard {} owns several ranges; only one can split", self.shard));
+        };
+        let range = *range;
+        if range.end == Some(at) {
+            // Applied before (a retried proposal): nothing to do.
+            return Ok(RaftResponse::Done);
+        }
+        if !(range.start < at && range.contains(at)) {
+            return reject(format!("token {at} is not strictly inside {range:?}"));
+        }
+        if new_shard == META_SHARD_ID || new_shard == self.shard || new_shard == keys::NODE_RECORDS {
+            return reject(format!("{new_shard} cannot be the new shard's id"));
+        }
+        let left = vec![TokenRange {
+            start: range.start,
+            end: Some(at),
+        }];
+        let right = vec![TokenRange {
+            start: at,
+            end: range.end,
+        }];
+        let meta = self.db.cf(Cf::Meta);
+        // Key index: the right half's keys move to the new shard.
+        let index = self.db.cf(Cf::KeyIndex);
+        let upper = keys::shard_prefix(self.shard + 1).to_vec();
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(upper);
+        let from = keys::shard_prefix(self.shard);
+        let it = self.db.raw().iterator_cf_opt(
+            index,
+            opts,
+            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+        );
+        let mut moved = 0u64;
+        for item in it {
+            let (k, _) = item.map_err(|e| rd(e.into_string()))?;
+            let key = &k[8..];
+            if right[0].contains(token_of(key)) {
+                batch.delete_cf(index, &k);
+                batch.put_cf(index, keys::index_key(new_shard, key), b"");
+                moved += 1;
+            }
+        }
+        // Sessions: both halves keep every client's record, so a retry
+        // finds its result whichever half now owns the key.
+        let prefix = keys::tagged(self.shard, keys::META_SESSION);
+        let it = self
+            .db
+            .raw()
+            .iterator_cf(meta, rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(|e| rd(e.into_string()))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let mut nk = keys::tagged(new_shard, keys::META_SESSION).to_vec();
+            nk.extend_from_slice(&k[prefix.len()..]);
+            batch.put_cf(meta, nk, &v);
+        }
+        // The new shard starts as if it had installed a snapshot at log id
+        // 0 with this shard's membership: its log is "purged" up to there,
+        // so a replica without this state gets a snapshot, never a log
+        // that lacks the data.
+        let zero = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+        let state = AppliedState {
+            last_applied: Some(zero),
+            membership: StoredMembership::new(Some(zero), self.state.membership.membership().clone()),
+            clock_ms: self.state.clock_ms,
+        };
+        batch.put_cf(meta, keys::tagged(new_shard, keys::META_APPLIED), encode(&state));
+        batch.put_cf(meta, keys::tagged(new_shard, keys::META_RANGES), encode(&right));
+        let raft_state = self.db.cf(Cf::RaftState);
+        batch.put_cf(
+            raft_state,
+            keys::tagged(new_shard, keys::STATE_PURGED),
+            encode(&Some(zero)),
+        );
+        batch.put_cf(
+            raft_state,
+            keys::tagged(new_shard, keys::STATE_COMMITTED),
+            encode(&Some(zero)),
+        );
+        batch.put_cf(meta, keys::tagged(self.shard, keys::META_RANGES), encode(&left));
+        overlay.ranges = Some(left);
+        tracing::info!(shard = self.shard, new_shard, at, keys_moved = moved, "shard split");
+        Ok(RaftResponse::Done)
     }
 
     fn load_session(&self, overlay: &Overlay, client_id: &[u8; 16]) -> Result<Option<SessionRecord>, StorageError> {
@@ -265,10 +387,10 @@ impl ShardStateMachine {
                     vec![key.clone()]
                 }
                 Command::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
-                Command::InitCluster(_) | Command::UpdateLayout { .. } => vec![],
+                Command::InitCluster(_) | Command::UpdateLayout { .. } | Command::Split { .. } => vec![],
             }
         };
-        if let Some(k) = keys_of(cmd).iter().find(|k| !self.owns(k)) {
+        if let Some(k) = keys_of(cmd).iter().find(|k| !self.owns(overlay, k)) {
             return Ok(RaftResponse::Rejected {
                 reason: format!("shard {} does not own key {}", self.shard, hex::encode(k)),
             });
@@ -309,6 +431,7 @@ impl ShardStateMachine {
                 }
                 RaftResponse::Done
             }
+            Command::Split { at, new_shard } => return self.split(batch, overlay, *at, *new_shard),
             Command::InitCluster(_) | Command::UpdateLayout { .. } => RaftResponse::Rejected {
                 reason: "cluster layout sent to a data shard".into(),
             },
@@ -443,6 +566,16 @@ impl ShardStateMachine {
         let path = self.files.path(name);
         let file = std::fs::File::open(&path).map_err(|e| rd(format!("{}: {e}", path.display())))?;
         let mut reader = snapshot::SnapshotReader::new(file).map_err(|e| rd(e.to_string()))?;
+        // A data shard's snapshot starts with the ranges it covers: only
+        // they are replaced (after a split this replica may still believe it
+        // owns more, and the rest belongs to the new shard).
+        let mut first = reader.next_record().map_err(|e| rd(e.to_string()))?;
+        if let Some((RecordTag::Ranges, _, v)) = &first {
+            let r: Vec<TokenRange> = decode(v).map_err(|e| rd(format!("snapshot ranges record: {e}")))?;
+            self.ranges = r;
+            first = None;
+        }
+        let first = first.map(Ok);
 
         // First batch: clear the shard's data, key index and sessions.
         let mut batch = rocksdb::WriteBatch::default();
@@ -476,9 +609,14 @@ impl ShardStateMachine {
         let mut clock_ms = 0;
         let mut layout = None;
         let mut overlay = Overlay::default();
-        while let Some((tag, k, v)) = reader.next_record().map_err(|e| rd(e.to_string()))? {
+        let mut records = first
+            .into_iter()
+            .chain(std::iter::from_fn(|| reader.next_record().transpose()));
+        while let Some(record) = records.next() {
+            let (tag, k, v) = record.map_err(|e| rd(e.to_string()))?;
             match tag {
                 RecordTag::Data => self.put(&mut batch, &mut overlay, &k, &v),
+                RecordTag::Ranges => return Err(rd("snapshot ranges record out of place".into())),
                 RecordTag::Session => {
                     let id: [u8; 16] = k[..]
                         .try_into()
@@ -509,6 +647,13 @@ impl ShardStateMachine {
             clock_ms,
         };
         self.save_applied(&mut batch);
+        if self.shard != META_SHARD_ID {
+            batch.put_cf(
+                self.db.cf(Cf::Meta),
+                keys::tagged(self.shard, keys::META_RANGES),
+                encode(&self.ranges),
+            );
+        }
         batch.put_cf(
             self.db.cf(Cf::Meta),
             keys::tagged(self.shard, keys::META_SNAPSHOT),
@@ -530,6 +675,8 @@ struct Overlay {
     data: HashMap<Vec<u8>, Option<Vec<u8>>>,
     sessions: HashMap<[u8; 16], SessionRecord>,
     layout: Option<ClusterLayout>,
+    /// New ranges of this shard after a split in this batch.
+    ranges: Option<Vec<TokenRange>>,
 }
 
 /// Reads and decodes one `meta` record; `what` names it in errors.
@@ -614,6 +761,25 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         let mut gc_due = false;
         for entry in entries {
             debug_assert!(self.state.last_applied.is_none_or(|a| a.index < entry.log_id.index));
+            let splits = matches!(
+                &entry.payload,
+                EntryPayload::Normal(RaftRequest {
+                    command: Command::Split { .. },
+                    ..
+                })
+            );
+            if splits && self.shard != META_SHARD_ID {
+                // A split reads the key index and sessions from the
+                // database: write everything applied before it first.
+                self.save_applied(&mut batch);
+                self.db
+                    .write_unsynced(std::mem::take(&mut batch))
+                    .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+                if let Some(r) = overlay.ranges.take() {
+                    self.ranges = r;
+                }
+                overlay = Overlay::default();
+            }
             let before = self.state.last_applied.map_or(0, |l| l.index);
             self.state.last_applied = Some(entry.log_id);
             gc_due |= before / SESSION_GC_INTERVAL_ENTRIES != entry.log_id.index / SESSION_GC_INTERVAL_ENTRIES;
@@ -637,6 +803,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         self.db
             .write_unsynced(batch)
             .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if let Some(r) = overlay.ranges {
+            self.ranges = r;
+        }
         if let Some(l) = overlay.layout {
             self.layout_tx.send_replace(Some(l));
         }
@@ -879,6 +1048,70 @@ mod tests {
                 .get(Cf::Data, &keys::data_key(token_of(k.as_bytes()), k.as_bytes()))
                 .unwrap()
         }
+    }
+
+    #[tokio::test]
+    async fn a_split_hands_the_upper_half_to_the_new_shard_at_one_index() {
+        let mut f = fixture(whole_ring());
+        let at = 1u64 << 63;
+        let keys: Vec<String> = (0..64).map(|i| format!("split-{i}")).collect();
+        let high: Vec<&String> = keys.iter().filter(|k| token_of(k.as_bytes()) >= at).collect();
+        assert!(!high.is_empty() && high.len() < keys.len());
+        // Writes, the split and a write after it in one batch.
+        let mut reqs: Vec<RaftRequest> = keys.iter().map(|k| req(put(k, "v"), Some((7, 1)), 10)).collect();
+        reqs.truncate(1);
+        reqs.extend(keys.iter().skip(1).map(|k| req(put(k, "v"), None, 10)));
+        reqs.push(req(Command::Split { at, new_shard: 9 }, None, 11));
+        reqs.push(req(put(high[0], "late"), None, 12));
+        let out = f.apply(reqs).await;
+        assert_eq!(out[keys.len()], RaftResponse::Done);
+        assert!(
+            matches!(out[keys.len() + 1], RaftResponse::Rejected { .. }),
+            "the old shard must refuse keys it gave away, also later in the same batch"
+        );
+        assert_eq!(
+            f.sm.ranges(),
+            &[TokenRange {
+                start: 0,
+                end: Some(at)
+            }]
+        );
+        // Key index moved, data in place, sessions copied, new shard seeded.
+        let index_of = |shard: u64| -> Vec<Vec<u8>> {
+            f.db.raw()
+                .prefix_iterator_cf(f.db.cf(Cf::KeyIndex), keys::shard_prefix(shard))
+                .map(|i| i.unwrap().0.to_vec())
+                .take_while(|k| k.starts_with(&keys::shard_prefix(shard)))
+                .map(|k| k[8..].to_vec())
+                .collect()
+        };
+        assert_eq!(index_of(9).len(), high.len());
+        assert_eq!(index_of(1).len(), keys.len() - high.len());
+        assert_eq!(f.value(high[0]).as_deref(), Some(&b"v"[..]));
+        assert!(f.db.get(Cf::Meta, &keys::session_key(9, &[7; 16])).unwrap().is_some());
+        let right: Vec<TokenRange> = read_meta(&f.db, &keys::tagged(9, keys::META_RANGES), "ranges")
+            .unwrap()
+            .unwrap();
+        assert_eq!(right, vec![TokenRange { start: at, end: None }]);
+        // A retried split is a no-op; the new shard's state machine opens.
+        assert_eq!(
+            f.apply(vec![req(Command::Split { at, new_shard: 9 }, None, 13)]).await,
+            vec![RaftResponse::Done]
+        );
+        let mut n = ShardStateMachine::open(9, f.db.clone(), vec![], TTL_MS, Arc::new(SmStats::default())).unwrap();
+        assert_eq!(n.ranges(), &right[..]);
+        let (applied, _) = n.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(0));
+        // Reopening the old shard keeps the narrowed range.
+        drop(f.sm);
+        let old = ShardStateMachine::open(1, f.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        assert_eq!(
+            old.ranges(),
+            &[TokenRange {
+                start: 0,
+                end: Some(at)
+            }]
+        );
     }
 
     #[tokio::test]
