@@ -609,10 +609,10 @@ impl ShardStateMachine {
         let mut clock_ms = 0;
         let mut layout = None;
         let mut overlay = Overlay::default();
-        let mut records = first
+        let records = first
             .into_iter()
             .chain(std::iter::from_fn(|| reader.next_record().transpose()));
-        while let Some(record) = records.next() {
+        for record in records {
             let (tag, k, v) = record.map_err(|e| rd(e.to_string()))?;
             match tag {
                 RecordTag::Data => self.put(&mut batch, &mut overlay, &k, &v),
