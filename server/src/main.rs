@@ -247,8 +247,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    // Stop accepting, let in-flight requests finish (they need Raft), then
-    // stop the Raft groups; each step is bounded so SIGTERM always ends.
+    // Hand the leaderships away first (their shards stop taking requests
+    // here meanwhile), so the cluster does not wait for election timeouts;
+    // then stop accepting, let in-flight requests finish (they need Raft)
+    // and stop the Raft groups. Each step is bounded so SIGTERM always ends.
+    tracing::info!("shutting down: handing off leaderships");
+    let (handed, led) = node.hand_off_leaderships().await;
+    tracing::info!(handed, of = led, "leaderships handed off");
     tracing::info!("shutting down: draining in-flight requests");
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), &mut server).await {

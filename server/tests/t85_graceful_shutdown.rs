@@ -1,5 +1,6 @@
-//! SIGTERM under a write load: the node drains and exits 0 within a bounded
-//! time, and every acknowledged write is still there afterwards.
+//! SIGTERM under a write load: the node hands its leaderships to peers,
+//! drains and exits 0 within a bounded time, and every acknowledged write is
+//! still there afterwards.
 
 mod common;
 
@@ -50,8 +51,33 @@ async fn sigterm_drains_and_exits_zero() {
         assert!(Instant::now() < deadline, "no write progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = c.terminate(1, Duration::from_secs(15));
+    let sigterm_at = Instant::now();
+    let status = c.terminate(1, Duration::from_secs(30));
+    eprintln!("node 1 exited {:?} after SIGTERM", sigterm_at.elapsed());
     assert!(status.success(), "node 1 exited with {status:?}");
+    // Before stopping, node 1 handed every leadership it held to a peer.
+    let log = std::fs::read_to_string(&c.nodes[&1].log).expect("node 1 log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("leaderships handed off"))
+        .unwrap_or_else(|| panic!("node 1 handed off no leadership:\n{log}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        line[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad {name} in {line}"))
+    };
+    eprintln!("{line}");
+    assert!(field("of") >= 1, "{line}");
+    assert_eq!(
+        field("handed"),
+        field("of"),
+        "some leaderships were not handed off: {line}"
+    );
     for t in tasks {
         t.await.expect("writer");
     }

@@ -384,13 +384,20 @@ impl Node {
     /// leader.
     pub async fn shard_membership(&self, req: ShardMembershipRequest) -> Result<ShardMembershipResponse, ServerError> {
         let shard = self.hosted(req.shard_id)?;
-        if req.shard_id == META_SHARD_ID {
+        let action = MembershipAction::try_from(req.action)
+            .map_err(|_| ServerError::InvalidArgument(format!("unknown membership action {}", req.action)))?;
+        let changes_members = matches!(
+            action,
+            MembershipAction::AddLearner
+                | MembershipAction::SetVoters
+                | MembershipAction::RemoveLearner
+                | MembershipAction::Split
+        );
+        if req.shard_id == META_SHARD_ID && changes_members {
             return Err(ServerError::InvalidArgument(
                 "the metadata group's membership cannot be changed".into(),
             ));
         }
-        let action = MembershipAction::try_from(req.action)
-            .map_err(|_| ServerError::InvalidArgument(format!("unknown membership action {}", req.action)))?;
         if action == MembershipAction::Campaign {
             let m = shard.raft.metrics().borrow().membership_config.clone();
             if !m.membership().voter_ids().any(|v| v == self.id) {
@@ -607,6 +614,39 @@ impl Node {
             Err(e) => tracing::warn!(shard = shard_id, to, error = %e, "leadership hand-off failed"),
         }
         res
+    }
+
+    /// Before a shutdown: hands every leadership of this node (metadata
+    /// group included) to the most caught-up other voter, all at once.
+    /// Returns how many were handed off, of how many led. Bounded by
+    /// `transfer_leader`'s own waits (catch-up, one lease, a few election
+    /// timeouts).
+    pub async fn hand_off_leaderships(&self) -> (usize, usize) {
+        let led: Vec<(Arc<Shard>, u64)> = self
+            .shard_list()
+            .into_iter()
+            .filter_map(|s| {
+                let m = s.raft.metrics().borrow().clone();
+                if m.current_leader != Some(self.id) {
+                    return None;
+                }
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                let matched = |n: &u64| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(n).cloned().flatten())
+                        .map_or(0, |l| l.index)
+                };
+                let to = voters
+                    .iter()
+                    .filter(|v| **v != self.id)
+                    .max_by_key(|v| (matched(v), **v))
+                    .copied()?;
+                Some((s, to))
+            })
+            .collect();
+        let handed = futures::future::join_all(led.iter().map(|(s, to)| self.transfer_leader(s, *to))).await;
+        (handed.iter().filter(|r| r.is_ok()).count(), led.len())
     }
 
     async fn hand_off(&self, shard: &Shard, to: u64, addr: &str) -> Result<(), ServerError> {
