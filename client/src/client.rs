@@ -142,6 +142,12 @@ impl std::fmt::Debug for ShardExport {
 }
 
 impl ShardExport {
+    /// The log index the export is consistent with (known after the first
+    /// chunk).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied_index
+    }
+
     /// The next chunk, `Ok(None)` after the last one. Fails with
     /// [`crate::ErrorKind::Integrity`] on a crc32 mismatch, a chunk of
     /// another shard or applied index, or a stream that ends without its

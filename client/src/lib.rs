@@ -45,6 +45,8 @@
 //! crate.
 #![warn(missing_docs)]
 
+pub mod backup;
+
 mod backoff;
 mod breaker;
 mod client;
