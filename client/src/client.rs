@@ -175,7 +175,11 @@ impl ShardExport {
                     }
                 }
                 return Err(Error::Transport {
-                    message: format!("export of shard {shard} broke after {} chunks: {}", self.chunks, e.message()),
+                    message: format!(
+                        "export of shard {shard} broke after {} chunks: {}",
+                        self.chunks,
+                        e.message()
+                    ),
                 });
             }
             Ok(Ok(None)) => {
@@ -297,7 +301,9 @@ impl Client {
             let e = e.as_ref();
             Pool::validate(e)?;
             if e.trim().starts_with("https://") && cfg.tls.is_none() {
-                return Err(Error::Config(format!("endpoint {e:?} is https but no TLS settings are given")));
+                return Err(Error::Config(format!(
+                    "endpoint {e:?} is https but no TLS settings are given"
+                )));
             }
             let n = normalize(e);
             if !seeds.contains(&n) {

@@ -258,10 +258,7 @@ impl TlsConfig {
     pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, crate::Error> {
         let ca_pem = read_pem("TLS CA file", ca)?;
         let identity = match identity {
-            Some((cert, key)) => Some((
-                read_pem("TLS certificate file", cert)?,
-                read_pem("TLS key file", key)?,
-            )),
+            Some((cert, key)) => Some((read_pem("TLS certificate file", cert)?, read_pem("TLS key file", key)?)),
             None => None,
         };
         Ok(TlsConfig {

@@ -100,7 +100,10 @@ impl RoutingTable {
     /// The first token `shard` owns (to route a request about the whole
     /// shard), if it owns any.
     pub fn first_token_of(&self, shard: u64) -> Option<u64> {
-        self.ring.iter().find(|(_, (_, s))| *s == shard).map(|(start, _)| *start)
+        self.ring
+            .iter()
+            .find(|(_, (_, s))| *s == shard)
+            .map(|(start, _)| *start)
     }
 
     /// The shard owning `key`.

@@ -616,21 +616,26 @@ pub async fn restore(
             Ok::<_, BackupError>((batch.len() as u64, bytes))
         })
         .buffer_unordered(opts.concurrency)
-        .try_fold(RestoreSummary {
-            pairs: 0,
-            bytes: 0,
-            batches: 0,
-            elapsed: Duration::ZERO,
-        }, |mut acc, (pairs, bytes)| async move {
-            acc.pairs += pairs;
-            acc.bytes += bytes;
-            acc.batches += 1;
-            Ok(acc)
-        })
+        .try_fold(
+            RestoreSummary {
+                pairs: 0,
+                bytes: 0,
+                batches: 0,
+                elapsed: Duration::ZERO,
+            },
+            |mut acc, (pairs, bytes)| async move {
+                acc.pairs += pairs;
+                acc.bytes += bytes;
+                acc.batches += 1;
+                Ok(acc)
+            },
+        )
         .await;
     // On a write error the stream (and its receiver) is dropped first, so
     // the reader stops at its next send.
-    let read = reader.await.map_err(|e| BackupError::Options(format!("reader thread failed: {e}")))?;
+    let read = reader
+        .await
+        .map_err(|e| BackupError::Options(format!("reader thread failed: {e}")))?;
     let mut summary = written?;
     read?;
     summary.elapsed = started.elapsed();

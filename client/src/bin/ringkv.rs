@@ -305,7 +305,9 @@ fn config(cli: &Cli) -> Result<Config, Failure> {
             let shown = path.display();
             let meta = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
             if meta.len() > ADMIN_TOKEN_FILE_BYTES_MAX {
-                return Err(usage(format!("{shown} is larger than {ADMIN_TOKEN_FILE_BYTES_MAX} bytes")));
+                return Err(usage(format!(
+                    "{shown} is larger than {ADMIN_TOKEN_FILE_BYTES_MAX} bytes"
+                )));
             }
             let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
             let token = text.trim();
