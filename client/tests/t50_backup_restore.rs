@@ -114,9 +114,9 @@ async fn backup_then_restore_into_a_cluster_with_another_shard_count() {
     while want.len() < KEYS {
         let klen = rng.gen_range(1..=48);
         let key: Vec<u8> = (0..klen).map(|_| rng.gen()).collect();
-        let vlen = if i % BIG_EVERY == 0 {
+        let vlen = if i.is_multiple_of(BIG_EVERY) {
             BIG_VALUE_BYTES + rng.gen_range(0..1024)
-        } else if i % EMPTY_EVERY == 0 {
+        } else if i.is_multiple_of(EMPTY_EVERY) {
             0
         } else {
             rng.gen_range(1..1500)

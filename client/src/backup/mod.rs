@@ -129,6 +129,15 @@ pub enum BackupError {
         #[source]
         source: Error,
     },
+    /// A restore stopped partway: `pairs` were written (at least).
+    #[error("restore stopped after {pairs} pairs were written ({source}); run it again with --force to complete it")]
+    Partial {
+        /// Pairs known to be written.
+        pairs: u64,
+        /// The failure.
+        #[source]
+        source: Error,
+    },
     /// A cluster call failed.
     #[error(transparent)]
     Client(#[from] Error),
@@ -609,11 +618,20 @@ pub async fn restore(
         Ok::<(), BackupError>(())
     });
     let batches = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let done_pairs = &std::sync::atomic::AtomicU64::new(0);
     let written = batches
         .map(|batch| async move {
             let bytes: u64 = batch.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
-            client.batch_put_with(&batch, &opts.call).await?;
-            Ok::<_, BackupError>((batch.len() as u64, bytes))
+            match client.batch_put_with(&batch, &opts.call).await {
+                Ok(()) => {
+                    done_pairs.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Ok((batch.len() as u64, bytes))
+                }
+                Err(source) => Err(BackupError::Partial {
+                    pairs: done_pairs.load(std::sync::atomic::Ordering::Relaxed),
+                    source,
+                }),
+            }
         })
         .buffer_unordered(opts.concurrency)
         .try_fold(

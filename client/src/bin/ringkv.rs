@@ -260,7 +260,9 @@ impl From<BackupError> for Failure {
         let code = match &e {
             BackupError::TargetNotEmpty { .. } => EXIT_NOT_FOUND,
             BackupError::RingChanged { .. } => EXIT_UNAVAILABLE,
-            BackupError::Export { source, .. } | BackupError::Client(source) => Failure::from(source.clone()).code,
+            BackupError::Export { source, .. } | BackupError::Partial { source, .. } | BackupError::Client(source) => {
+                Failure::from(source.clone()).code
+            }
             _ => EXIT_USAGE,
         };
         Failure {
