@@ -108,6 +108,116 @@ pub struct CasOutcome {
     pub previous: Option<Vec<u8>>,
 }
 
+/// One verified piece of a shard export (see [`Client::export_shard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportChunk {
+    /// The pairs, in key order, continuing the previous chunk.
+    pub pairs: Vec<KeyValue>,
+    /// crc32 of the pairs (as [`ringkv_proto::export_chunk_crc`] computes
+    /// it), checked against the data.
+    pub crc32: u32,
+    /// The log index the whole export is consistent with.
+    pub applied_index: u64,
+}
+
+/// A shard export being received, chunk by chunk, every chunk verified.
+pub struct ShardExport {
+    stream: tonic::Streaming<ExportShardChunk>,
+    shard_id: u64,
+    applied_index: Option<u64>,
+    idle_timeout: Duration,
+    finished: bool,
+    chunks: u64,
+}
+
+impl std::fmt::Debug for ShardExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardExport")
+            .field("shard_id", &self.shard_id)
+            .field("applied_index", &self.applied_index)
+            .field("chunks", &self.chunks)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl ShardExport {
+    /// The log index the export is consistent with (known after the first
+    /// chunk).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied_index
+    }
+
+    /// The next chunk, `Ok(None)` after the last one. Fails with
+    /// [`crate::ErrorKind::Integrity`] on a crc32 mismatch, a chunk of
+    /// another shard or applied index, or a stream that ends without its
+    /// last chunk; with a transport or server error when the stream breaks
+    /// or stays silent for [`Config::stream_idle_timeout`].
+    pub async fn next_chunk(&mut self) -> Result<Option<ExportChunk>, Error> {
+        if self.finished {
+            return Ok(None);
+        }
+        let shard = self.shard_id;
+        let msg = match tokio::time::timeout(self.idle_timeout, self.stream.message()).await {
+            Err(_) => {
+                return Err(Error::Transport {
+                    message: format!(
+                        "export of shard {shard}: no chunk within {:?} (chunk {})",
+                        self.idle_timeout, self.chunks
+                    ),
+                })
+            }
+            Ok(Err(status)) => {
+                let e = AttemptError::from_status(&status);
+                if let AttemptError::Server { code, detail } = &e {
+                    if let Some(t) = terminal(*code, detail) {
+                        return Err(t);
+                    }
+                }
+                return Err(Error::Transport {
+                    message: format!(
+                        "export of shard {shard} broke after {} chunks: {}",
+                        self.chunks,
+                        e.message()
+                    ),
+                });
+            }
+            Ok(Ok(None)) => {
+                return Err(Error::Integrity {
+                    message: format!(
+                        "export of shard {shard} ended after {} chunks without its last chunk",
+                        self.chunks
+                    ),
+                })
+            }
+            Ok(Ok(Some(c))) => c,
+        };
+        let integrity = |m: String| Error::Integrity {
+            message: format!("export of shard {shard}, chunk {}: {m}", self.chunks),
+        };
+        if msg.shard_id != shard {
+            return Err(integrity(format!("chunk of shard {}", msg.shard_id)));
+        }
+        if *self.applied_index.get_or_insert(msg.applied_index) != msg.applied_index {
+            return Err(integrity(format!(
+                "applied index changed from {:?} to {}",
+                self.applied_index, msg.applied_index
+            )));
+        }
+        let crc = ringkv_proto::export_chunk_crc(&msg.pairs);
+        if crc != msg.crc32 {
+            return Err(integrity(format!("crc32 {crc:#010x} != sent {:#010x}", msg.crc32)));
+        }
+        self.chunks += 1;
+        self.finished = msg.last;
+        Ok(Some(ExportChunk {
+            pairs: msg.pairs,
+            crc32: msg.crc32,
+            applied_index: msg.applied_index,
+        }))
+    }
+}
+
 /// What one attempt gets: the node's channel and the routing header to send.
 struct Attempt {
     channel: Channel,
@@ -190,6 +300,11 @@ impl Client {
         for e in endpoints {
             let e = e.as_ref();
             Pool::validate(e)?;
+            if e.trim().starts_with("https://") && cfg.tls.is_none() {
+                return Err(Error::Config(format!(
+                    "endpoint {e:?} is https but no TLS settings are given"
+                )));
+            }
             let n = normalize(e);
             if !seeds.contains(&n) {
                 seeds.push(n);
@@ -771,6 +886,69 @@ impl Client {
             Ok(Some((futures::stream::iter(pairs.into_iter().map(Ok)), st)))
         });
         futures::TryStreamExt::try_flatten(pages)
+    }
+
+    /// Opens `Admin/ExportShard` of `shard_id` on its leader: one
+    /// consistent, key-ordered copy of the shard as of one applied log
+    /// index. Finding the leader follows `NOT_LEADER` hints and retries like
+    /// any read (bounded by [`Config::max_attempts`] and the call's
+    /// deadline, which covers opening only). The returned [`ShardExport`]
+    /// checks every chunk's crc32, shard id and applied index, and that the
+    /// stream ends with its last chunk; each chunk must arrive within
+    /// [`Config::stream_idle_timeout`]. A stream that fails midway is not
+    /// resumable: open a new one.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: ringkv_client::Client) -> Result<(), ringkv_client::Error> {
+    /// let mut export = client.export_shard(1, &ringkv_client::CallOptions::new()).await?;
+    /// while let Some(chunk) = export.next_chunk().await? {
+    ///     println!("{} pairs", chunk.pairs.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn export_shard(&self, shard_id: u64, opts: &CallOptions) -> Result<ShardExport, Error> {
+        let token = self
+            .inner
+            .router
+            .read(|t| t.first_token_of(shard_id))
+            .ok_or_else(|| Error::Unavailable {
+                shard_id,
+                attempts: 0,
+                message: format!("shard {shard_id} owns no token range in the cached ring"),
+            })?;
+        let admin_token = self.inner.cfg.admin_token.clone();
+        let max_message = self.inner.cfg.max_message_bytes;
+        let stream = self
+            .inner
+            .execute(vec![token], opts, None, Consistency::Linearizable, move |a| {
+                let admin_token = admin_token.clone();
+                async move {
+                    let mut req = tonic::Request::new(ExportShardRequest { shard_id });
+                    if let Some(tok) = &admin_token {
+                        let v = format!("Bearer {tok}").parse().map_err(|_| AttemptError::Untyped {
+                            code: tonic::Code::InvalidArgument,
+                            message: "admin token is not valid metadata".into(),
+                        })?;
+                        req.metadata_mut().insert("authorization", v);
+                    }
+                    let s = AdminClient::new(a.channel)
+                        .max_decoding_message_size(max_message)
+                        .export_shard(req)
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    Ok((s, None))
+                }
+            })
+            .await?;
+        Ok(ShardExport {
+            stream,
+            shard_id,
+            applied_index: None,
+            idle_timeout: self.inner.cfg.stream_idle_timeout,
+            finished: false,
+            chunks: 0,
+        })
     }
 
     /// Groups key indexes by the shard the cached ring gives them (0 =

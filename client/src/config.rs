@@ -3,7 +3,13 @@
 //! Every bound the client applies is a named field here with a documented
 //! default; nothing is hidden in the code.
 
+use std::path::Path;
 use std::time::Duration;
+
+/// Largest PEM file [`TlsConfig::from_pem_files`] reads.
+pub const PEM_BYTES_MAX: u64 = 1024 * 1024;
+/// Longest a TLS handshake with a node may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read consistency of a call.
 ///
@@ -112,9 +118,14 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Pairs asked for per Scan page. Default 1000.
     pub scan_page_size: u32,
-    /// Bearer token for the Admin API (`ClusterStatus`), when the cluster
-    /// requires one.
+    /// Bearer token for the Admin API (`ClusterStatus`, `ExportShard`),
+    /// when the cluster requires one.
     pub admin_token: Option<String>,
+    /// TLS towards every node (`None` = plaintext). See [`TlsConfig`].
+    pub tls: Option<TlsConfig>,
+    /// Longest a server stream (`Admin/ExportShard`) may go without a
+    /// message before the client gives up on it. Default 30 s.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -134,6 +145,8 @@ impl Default for Config {
             max_message_bytes: 64 * 1024 * 1024,
             scan_page_size: 1000,
             admin_token: None,
+            tls: None,
+            stream_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -165,6 +178,129 @@ impl Config {
         if self.scan_page_size == 0 {
             return bad("scan_page_size must be >= 1");
         }
+        if let Some(tok) = &self.admin_token {
+            if format!("Bearer {tok}")
+                .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                .is_err()
+            {
+                return bad("admin_token must be printable ASCII");
+            }
+        }
+        if self.stream_idle_timeout.is_zero() {
+            return bad("stream_idle_timeout must be > 0");
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         Ok(())
+    }
+}
+
+/// TLS settings of a client: the CA that signs the nodes' certificates and,
+/// for clusters that require mutual TLS (`tls.require_client_cert`), the
+/// client's own certificate and key. All PEM.
+///
+/// With TLS set, the client connects to every node with `https` and checks
+/// the node's certificate against `ca_pem` and the address it dials (an IP
+/// SAN for `ip:port` endpoints), or against `domain_name` when given.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), ringkv_client::Error> {
+/// use std::path::Path;
+/// let tls = ringkv_client::TlsConfig::from_pem_files(
+///     Path::new("ca.pem"),
+///     Some((Path::new("client.pem"), Path::new("client.key"))),
+/// )?;
+/// let cfg = ringkv_client::Config { tls: Some(tls), ..Default::default() };
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// CA bundle (PEM) trusted for the nodes' certificates.
+    pub ca_pem: Vec<u8>,
+    /// Client certificate chain and private key (PEM), for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to verify the nodes' certificates against instead of the
+    /// dialled host (one name for every node).
+    pub domain_name: Option<String>,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("identity", &self.identity.as_ref().map(|_| "<certificate and key>"))
+            .field("domain_name", &self.domain_name)
+            .finish()
+    }
+}
+
+fn has_pem_block(bytes: &[u8]) -> bool {
+    bytes.windows(10).any(|w| w == b"-----BEGIN")
+}
+
+fn read_pem(what: &str, path: &Path) -> Result<Vec<u8>, crate::Error> {
+    let bad = |m: String| crate::Error::Config(format!("{what} {}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    if meta.len() > PEM_BYTES_MAX {
+        return Err(bad(format!("larger than {PEM_BYTES_MAX} bytes")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    if !has_pem_block(&bytes) {
+        return Err(bad("not PEM (no '-----BEGIN' line)".into()));
+    }
+    Ok(bytes)
+}
+
+impl TlsConfig {
+    /// Reads the CA bundle and, for mutual TLS, the client certificate and
+    /// key from PEM files (each at most [`PEM_BYTES_MAX`] bytes).
+    pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self, crate::Error> {
+        let ca_pem = read_pem("TLS CA file", ca)?;
+        let identity = match identity {
+            Some((cert, key)) => Some((read_pem("TLS certificate file", cert)?, read_pem("TLS key file", key)?)),
+            None => None,
+        };
+        Ok(TlsConfig {
+            ca_pem,
+            identity,
+            domain_name: None,
+        })
+    }
+
+    /// Checks that every part looks like PEM.
+    ///
+    /// ```
+    /// let tls = ringkv_client::TlsConfig { ca_pem: b"junk".to_vec(), identity: None, domain_name: None };
+    /// assert!(tls.validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |m: &str| Err(crate::Error::Config(m.to_string()));
+        if !has_pem_block(&self.ca_pem) {
+            return bad("tls.ca_pem is not PEM");
+        }
+        if let Some((cert, key)) = &self.identity {
+            if !has_pem_block(cert) || !has_pem_block(key) {
+                return bad("tls.identity certificate and key must both be PEM");
+            }
+        }
+        if self.domain_name.as_deref().is_some_and(str::is_empty) {
+            return bad("tls.domain_name must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The tonic client settings.
+    pub(crate) fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &self.domain_name {
+            c = c.domain_name(d.clone());
+        }
+        c
     }
 }

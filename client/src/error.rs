@@ -50,6 +50,9 @@ pub enum ErrorKind {
     Unauthenticated,
     /// The client itself was misconfigured (for example a malformed endpoint).
     Config,
+    /// Data received failed its integrity check (a chunk whose crc32 does
+    /// not match, a stream that ended early or out of order).
+    Integrity,
 }
 
 /// A failed client operation. See [`ErrorKind`] for what each variant means
@@ -137,6 +140,12 @@ pub enum Error {
     /// The client configuration is invalid.
     #[error("invalid client configuration: {0}")]
     Config(String),
+    /// Received data failed its integrity check (see [`ErrorKind::Integrity`]).
+    #[error("integrity check failed: {message}")]
+    Integrity {
+        /// What did not match.
+        message: String,
+    },
 }
 
 impl Error {
@@ -158,6 +167,7 @@ impl Error {
             Error::Server { .. } => ErrorKind::Server,
             Error::Unauthenticated { .. } => ErrorKind::Unauthenticated,
             Error::Config(_) => ErrorKind::Config,
+            Error::Integrity { .. } => ErrorKind::Integrity,
         }
     }
 

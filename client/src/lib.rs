@@ -45,6 +45,8 @@
 //! crate.
 #![warn(missing_docs)]
 
+pub mod backup;
+
 mod backoff;
 mod breaker;
 mod client;
@@ -57,9 +59,13 @@ mod session;
 pub use client::CasOutcome;
 pub use client::Client;
 pub use client::ClientStats;
+pub use client::ExportChunk;
+pub use client::ShardExport;
 pub use config::CallOptions;
 pub use config::Config;
 pub use config::Consistency;
+pub use config::TlsConfig;
+pub use config::PEM_BYTES_MAX;
 pub use error::Error;
 pub use error::ErrorKind;
 pub use routing::token_of;

@@ -14,10 +14,16 @@ use crate::breaker::State;
 use crate::Config;
 use crate::Error;
 
-/// `host:port` or a full `http://host:port` URI, as a URI.
+/// `host:port` or a full `http://host:port` URI, as a URI. The key under
+/// which a node's channel and breaker are kept: `https://` becomes
+/// `http://` here, and [`Pool::channel`] picks the scheme from the TLS
+/// settings, so an address learned from the ring and the same address
+/// given as an endpoint share one channel.
 pub(crate) fn normalize(addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
-    if a.contains("://") {
+    if let Some(rest) = a.strip_prefix("https://") {
+        format!("http://{rest}")
+    } else if a.contains("://") {
         a.to_string()
     } else {
         format!("http://{a}")
@@ -58,8 +64,17 @@ impl Pool {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ep = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| Error::Config(format!("bad endpoint {addr:?}: {e}")))?
+        let uri = match (&self.cfg.tls, addr.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => addr.to_string(),
+        };
+        let mut ep = Endpoint::from_shared(uri).map_err(|e| Error::Config(format!("bad endpoint {addr:?}: {e}")))?;
+        if let Some(tls) = &self.cfg.tls {
+            ep = ep
+                .tls_config(tls.tonic())
+                .map_err(|e| Error::Config(format!("TLS settings: {e}")))?;
+        }
+        let ep = ep
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.cfg.keep_alive_interval)
@@ -111,6 +126,7 @@ mod tests {
     fn endpoints_are_normalized_and_checked() {
         assert_eq!(normalize("127.0.0.1:1"), "http://127.0.0.1:1");
         assert_eq!(normalize(" http://h:2/ "), "http://h:2");
+        assert_eq!(normalize("https://h:3"), "http://h:3");
         assert!(Pool::validate("127.0.0.1:50051").is_ok());
         assert!(Pool::validate("no port").is_err());
         assert!(Pool::validate("localhost").is_err());

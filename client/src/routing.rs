@@ -97,6 +97,15 @@ impl RoutingTable {
         (token >= *start && end.is_none_or(|e| token < e)).then_some(*shard)
     }
 
+    /// The first token `shard` owns (to route a request about the whole
+    /// shard), if it owns any.
+    pub fn first_token_of(&self, shard: u64) -> Option<u64> {
+        self.ring
+            .iter()
+            .find(|(_, (_, s))| *s == shard)
+            .map(|(start, _)| *start)
+    }
+
     /// The shard owning `key`.
     pub fn shard_for_key(&self, key: &[u8]) -> Option<u64> {
         self.shard_for_token(token_of(key))

@@ -1,13 +1,16 @@
 //! `ringkv`: the command-line client of ringkv, built on `ringkv-client`.
 //!
 //! ```text
-//! ringkv [--endpoints A,B,C] [--json] [--timeout 10s] <command>
+//! ringkv [--endpoints A,B,C] [--json] [--timeout 10s] [--admin-token-file F]
+//!        [--tls-ca-file F [--tls-cert-file F --tls-key-file F]] <command>
 //!   get KEY                                   print the value
 //!   put KEY (VALUE | - | --file PATH)         write a value (- = stdin)
 //!   del KEY                                   delete; says whether it existed
 //!   cas KEY (--expect V | --expect-absent) (--new V | --delete)
 //!   scan [--start K] [--end K] [--limit N]    pairs in key order
 //!   cluster status                            nodes, shards, leaders, epoch
+//!   backup DIR                                every shard into DIR, with checksums
+//!   restore DIR [--force]                     verify DIR, then write it into an empty cluster
 //! ```
 //!
 //! Exit codes (stable, for scripts):
@@ -15,28 +18,37 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success |
-//! | 1 | `get`: key not found; `cas`: the condition did not hold (nothing changed) |
-//! | 2 | usage error: bad arguments, unreadable `--file`, malformed endpoint |
+//! | 1 | `get`: key not found; `cas`: the condition did not hold (nothing changed); `restore`: the cluster is not empty (nothing written) |
+//! | 2 | usage error: bad arguments, unreadable `--file`, malformed endpoint; `backup`: DIR not empty or not writable; `restore`: the backup does not verify (nothing written) |
 //! | 3 | unavailable: no node reachable, shard without leader, overloaded, or the timeout passed (nothing was applied) |
 //! | 4 | invalid argument: the server refused the request (a limit such as `value_bytes_max`) |
 //! | 5 | indeterminate: a write was sent but its outcome is unknown |
 //! | 6 | other server error (storage, internal, unauthenticated) |
 //!
+//! A `restore` that ends with 3 to 6 stopped partway: some pairs were
+//! written; run it again with `--force` to complete it.
+//!
 //! Errors are printed as one line on stderr: `ringkv: error: ...`.
 
 use std::io::Read;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use clap::Subcommand;
 use futures::StreamExt;
+use ringkv_client::backup;
+use ringkv_client::backup::BackupError;
+use ringkv_client::backup::BackupOptions;
+use ringkv_client::backup::RestoreOptions;
 use ringkv_client::CallOptions;
 use ringkv_client::Client;
 use ringkv_client::Config;
 use ringkv_client::Error;
 use ringkv_client::ErrorKind;
+use ringkv_client::TlsConfig;
 use serde_json::json;
 
 const EXIT_OK: u8 = 0;
@@ -65,15 +77,40 @@ struct Cli {
     /// `value_hex` when they are not UTF-8).
     #[arg(long, global = true)]
     json: bool,
-    /// Deadline of the whole command, retries included (e.g. 10s, 500ms, 2).
+    /// Deadline of the whole command, retries included (e.g. 10s, 500ms,
+    /// 2). For backup and restore: of each step (opening one shard's
+    /// export, waiting for one chunk, one batch).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// File holding the Admin API bearer token (the cluster's
+    /// `admin.token_file`); needed by every command when the cluster has one.
+    #[arg(long, global = true, env = "RINGKV_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the nodes' certificates: talk TLS to the
+    /// cluster.
+    #[arg(long, global = true, env = "RINGKV_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for clusters that require mutual TLS; needs
+    /// --tls-key-file and --tls-ca-file.
+    #[arg(long, global = true, env = "RINGKV_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert-file.
+    #[arg(long, global = true, env = "RINGKV_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Name to check the nodes' certificates against instead of the address
+    /// dialled (for certificates that name a host rather than the IP).
+    #[arg(long, global = true, env = "RINGKV_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-const EXIT_HELP: &str = "Exit codes: 0 ok, 1 key not found (get) or CAS condition false, 2 usage, \
-3 unavailable/unreachable/timeout, 4 invalid argument, 5 write outcome unknown, 6 other server error.";
+/// Largest admin token file read.
+const ADMIN_TOKEN_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+const EXIT_HELP: &str = "Exit codes: 0 ok, 1 key not found (get), CAS condition false or restore target \
+not empty, 2 usage (also: backup DIR not empty, backup fails verification), 3 unavailable/unreachable/timeout, \
+4 invalid argument, 5 write outcome unknown, 6 other server error.";
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
@@ -115,6 +152,36 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
+    /// Write a backup of every shard into DIR (new or empty): one data
+    /// file per shard with checksums, then manifest.json. Each shard is a
+    /// consistent point in time; shards are not consistent with each other.
+    Backup {
+        dir: PathBuf,
+        /// Shards exported at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+    },
+    /// Verify the backup in DIR completely, then write its pairs into the
+    /// cluster (which must be empty unless --force). Keys are placed by the
+    /// target's ring, so its shard count may differ.
+    Restore {
+        dir: PathBuf,
+        /// Write even if the cluster already holds data (existing keys that
+        /// are in the backup are overwritten, others are kept).
+        #[arg(long)]
+        force: bool,
+        /// BatchPut calls in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Most pairs per BatchPut; at most the cluster's
+        /// limits.batch_keys_max (default 1000).
+        #[arg(long, default_value_t = 500)]
+        batch_keys: usize,
+        /// Most key + value bytes per BatchPut (e.g. 4MiB, 512KiB, 1000000);
+        /// at most the cluster's limits.batch_bytes_max (default 16MiB).
+        #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+        batch_bytes: usize,
+    },
     /// Cluster information.
     Cluster {
         #[command(subcommand)]
@@ -150,6 +217,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `4MiB`, `512KiB`, `1GiB` or a plain number of bytes.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
+        .iter()
+        .find_map(|(suffix, m)| s.strip_suffix(suffix).map(|n| (n, *m)))
+        .unwrap_or((s, 1));
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (try 4MiB or 1000000)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
 /// A failure of the command: its exit code and one line of text.
 struct Failure {
     code: u8,
@@ -166,6 +247,23 @@ impl From<Error> for Failure {
             }
             ErrorKind::Config => EXIT_USAGE,
             _ => EXIT_SERVER,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<BackupError> for Failure {
+    fn from(e: BackupError) -> Self {
+        let code = match &e {
+            BackupError::TargetNotEmpty { .. } => EXIT_NOT_FOUND,
+            BackupError::RingChanged { .. } => EXIT_UNAVAILABLE,
+            BackupError::Export { source, .. } | BackupError::Partial { source, .. } | BackupError::Client(source) => {
+                Failure::from(source.clone()).code
+            }
+            _ => EXIT_USAGE,
         };
         Failure {
             code,
@@ -200,13 +298,47 @@ fn write_raw(v: &[u8]) {
     let _ = out.write_all(b"\n");
 }
 
-fn config(timeout: Duration) -> Config {
-    Config {
+/// The client configuration from the global flags; reads the token and
+/// certificate files.
+fn config(cli: &Cli) -> Result<Config, Failure> {
+    let admin_token = match &cli.admin_token_file {
+        None => None,
+        Some(path) => {
+            let shown = path.display();
+            let meta = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+            if meta.len() > ADMIN_TOKEN_FILE_BYTES_MAX {
+                return Err(usage(format!(
+                    "{shown} is larger than {ADMIN_TOKEN_FILE_BYTES_MAX} bytes"
+                )));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(usage(format!("{shown} holds no token")));
+            }
+            Some(token.to_string())
+        }
+    };
+    let tls = match (&cli.tls_ca_file, &cli.tls_cert_file, &cli.tls_key_file) {
+        (None, None, None) => None,
+        (None, _, _) => return Err(usage("--tls-cert-file and --tls-key-file need --tls-ca-file".into())),
+        (Some(ca), cert, key) => {
+            let identity = cert.as_deref().zip(key.as_deref());
+            let mut tls = TlsConfig::from_pem_files(ca, identity)?;
+            tls.domain_name = cli.tls_server_name.clone();
+            Some(tls)
+        }
+    };
+    let timeout = cli.timeout;
+    Ok(Config {
         request_timeout: timeout,
         connect_timeout: timeout.min(Duration::from_secs(2)),
         attempt_timeout: timeout.min(Duration::from_secs(4)),
+        stream_idle_timeout: timeout,
+        admin_token,
+        tls,
         ..Config::default()
-    }
+    })
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
@@ -228,7 +360,27 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }),
         _ => None,
     };
-    let client = Client::connect_with(&cli.endpoints, config(cli.timeout)).await?;
+    // A backup to restore is checked completely before anything else.
+    let verified = match &cli.cmd {
+        Cmd::Restore { dir, .. } => {
+            let dir = dir.clone();
+            let v = tokio::task::spawn_blocking(move || backup::verify(&dir))
+                .await
+                .map_err(|e| Failure {
+                    code: EXIT_SERVER,
+                    message: format!("verification stopped: {e}"),
+                })??;
+            Some(v)
+        }
+        _ => None,
+    };
+    if let Cmd::Backup { dir, .. } = &cli.cmd {
+        // Refuse a non-empty directory before connecting, too.
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(BackupError::DirNotEmpty(dir.clone()).into());
+        }
+    }
+    let client = Client::connect_with(&cli.endpoints, config(&cli)?).await?;
     let json = cli.json;
     match cli.cmd {
         Cmd::Get { key } => {
@@ -321,6 +473,71 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     let _ = out.write_all(&v);
                     let _ = out.write_all(b"\n");
                 }
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Backup { dir, concurrency } => {
+            let opts = BackupOptions {
+                concurrency,
+                call: CallOptions::new().timeout(cli.timeout),
+            };
+            let done = backup::backup(&client, &dir, &opts).await?;
+            let m = &done.manifest;
+            let secs = done.elapsed.as_secs_f64();
+            if json {
+                print_json(json!({
+                    "dir": dir.display().to_string(),
+                    "epoch": m.cluster_epoch,
+                    "shards": m.shards.len(),
+                    "pairs": m.total_pairs,
+                    "bytes": m.total_bytes,
+                    "seconds": secs,
+                }));
+            } else {
+                println!(
+                    "backed up {} pairs ({} bytes) of {} shards at epoch {} to {} in {secs:.1} s",
+                    m.total_pairs,
+                    m.total_bytes,
+                    m.shards.len(),
+                    m.cluster_epoch,
+                    dir.display()
+                );
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Restore {
+            force,
+            concurrency,
+            batch_keys,
+            batch_bytes,
+            ..
+        } => {
+            let Some(verified) = verified else {
+                return Err(usage("restore without a verified backup".into()));
+            };
+            let opts = RestoreOptions {
+                concurrency,
+                batch_keys,
+                batch_bytes,
+                force,
+                call: CallOptions::new().timeout(cli.timeout),
+            };
+            let done = backup::restore(&client, &verified, &opts).await?;
+            let secs = done.elapsed.as_secs_f64();
+            if json {
+                print_json(json!({
+                    "pairs": done.pairs,
+                    "bytes": done.bytes,
+                    "batches": done.batches,
+                    "seconds": secs,
+                    "backup_epoch": verified.manifest().cluster_epoch,
+                    "backup_created_at": verified.manifest().created_at,
+                }));
+            } else {
+                println!(
+                    "restored {} pairs ({} bytes) in {} batches in {secs:.1} s",
+                    done.pairs, done.bytes, done.batches
+                );
             }
             Ok(EXIT_OK)
         }
@@ -447,6 +664,31 @@ mod tests {
         assert!(Cli::try_parse_from(["ringkv", "cas", "k", "--new", "1"]).is_err());
         assert!(Cli::try_parse_from(["ringkv", "put", "k"]).is_err());
         assert!(Cli::try_parse_from(["ringkv", "put", "k", "--file", "/x"]).is_ok());
+        let c = Cli::try_parse_from(["ringkv", "restore", "/b", "--force", "--batch-bytes", "1MiB"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Restore {
+                force: true,
+                batch_bytes: 1_048_576,
+                batch_keys: 500,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["ringkv", "backup"]).is_err(), "backup needs DIR");
+        assert!(
+            Cli::try_parse_from(["ringkv", "--tls-cert-file", "c.pem", "get", "k"]).is_err(),
+            "a certificate without its key"
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("10B"), Ok(10));
+        assert!(parse_bytes("4MB").is_err());
+        assert!(parse_bytes("lots").is_err());
     }
 
     impl Cli {
