@@ -434,6 +434,35 @@ impl Client {
         Ok(st)
     }
 
+    /// Where to send an Admin call, in order: (address, channel, per-call
+    /// timeout, admin token). Nodes whose circuit breaker is open come last.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn admin_targets(
+        &self,
+    ) -> Result<Vec<(String, tonic::transport::Channel, Duration, Option<String>)>, Error> {
+        let inner = &self.inner;
+        let (_, cands) = inner.candidates(&[]);
+        let now = Instant::now();
+        let mut healthy = Vec::new();
+        let mut rest = Vec::new();
+        for (_, addr) in cands {
+            let ch = inner.pool.channel(&addr)?;
+            let item = (
+                addr.clone(),
+                ch,
+                inner.cfg.request_timeout,
+                inner.cfg.admin_token.clone(),
+            );
+            if inner.pool.health_rank(&addr, now) == 2 {
+                rest.push(item);
+            } else {
+                healthy.push(item);
+            }
+        }
+        healthy.extend(rest);
+        Ok(healthy)
+    }
+
     /// Reads `key`: `Ok(None)` when it is absent. Linearizable, retried on
     /// any transient failure.
     ///

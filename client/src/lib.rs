@@ -52,6 +52,7 @@ mod breaker;
 mod client;
 mod config;
 mod error;
+mod placement;
 mod pool;
 mod routing;
 mod session;

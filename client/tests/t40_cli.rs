@@ -1,5 +1,6 @@
 //! The `ringkv` binary against a real cluster: put/get round trip,
-//! `cluster status --json`, exit codes, and one-line errors for a bad
+//! `cluster status --json`, the placement subcommands (rebalance, nodes,
+//! split, shards, a refused move, ops), exit codes, and one-line errors for a bad
 //! endpoint and an oversized value.
 
 #[path = "../../server/tests/common/mod.rs"]
@@ -96,6 +97,35 @@ async fn cli_round_trips_reports_status_and_fails_in_one_line() {
     assert_eq!(v["nodes"].as_array().expect("nodes").len(), 3);
     assert_eq!(v["shards"].as_array().expect("shards").len(), 4);
     assert!(v["epoch"].as_u64().expect("epoch") >= 1);
+
+    // Placement: rebalancing off, nodes, a split, shards, a refused move.
+    let o = ringkv(&eps, &["cluster", "rebalance", "off"]);
+    assert_code(&o, 0, "cluster rebalance off");
+    let o = ringkv(&eps, &["cluster", "nodes", "--json"]);
+    assert_code(&o, 0, "cluster nodes --json");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("nodes --json is JSON");
+    assert_eq!(v["rebalance_enabled"], serde_json::Value::Bool(false));
+    assert_eq!(v["nodes"].as_array().expect("nodes").len(), 3);
+    let o = ringkv(&eps, &["cluster", "split", "2", "--json"]);
+    assert_code(&o, 0, "cluster split 2");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("split --json is JSON");
+    assert_eq!(v["new_shard"].as_u64(), Some(5));
+    let o = ringkv(&eps, &["cluster", "shards"]);
+    assert_code(&o, 0, "cluster shards");
+    assert_eq!(text(&o.stdout).lines().count(), 2 + 5, "{}", text(&o.stdout));
+    let o = ringkv(&eps, &["get", "piped"]);
+    assert_code(&o, 0, "get after the split");
+    assert_eq!(text(&o.stdout), "from stdin\n", "reads survive the split");
+    // Every node already holds shard 1: a precondition error, one line.
+    let o = ringkv(&eps, &["cluster", "move", "1", "1", "2"]);
+    assert_code(&o, 6, "move to a node that holds the shard");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("PRECONDITION_FAILED") && err.lines().count() == 1,
+        "{err:?}"
+    );
+    let o = ringkv(&eps, &["cluster", "ops", "--json"]);
+    assert_code(&o, 0, "cluster ops");
 
     // A bad endpoint: non-zero (unavailable), exactly one stderr line.
     let o = ringkv("127.0.0.1:1", &["get", "greeting"]);

@@ -193,6 +193,31 @@ enum Cmd {
 enum ClusterCmd {
     /// Nodes, shards with replicas and leaders, and the ring epoch.
     Status,
+    /// Nodes as the metadata leader sees them: up, draining, replicas, leaders.
+    Nodes,
+    /// Shards: replicas, learners, leader, size, in-flight operation.
+    Shards,
+    /// In-flight moves with their step and progress.
+    Ops,
+    /// Move one replica of SHARD from node FROM to node TO (runs in the background).
+    Move { shard: u64, from: u64, to: u64 },
+    /// Roll back an in-flight move whose target is not a voter yet.
+    Cancel { operation: u64 },
+    /// Split SHARD at --at TOKEN (default: the middle of its range).
+    Split {
+        shard: u64,
+        #[arg(long)]
+        at: Option<u64>,
+    },
+    /// Hand the leadership of SHARD to its voter TO.
+    TransferLeader { shard: u64, to: u64 },
+    /// Decommission NODE: its replicas move away, then it leaves the cluster.
+    RemoveNode { node: u64 },
+    /// Turn automatic rebalancing on or off.
+    Rebalance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 /// `10s`, `500ms`, `2m`, or a plain number of seconds.
@@ -551,6 +576,172 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 print!("{}", status_table(&st));
             }
             Ok(EXIT_OK)
+        }
+        Cmd::Cluster { cmd } => placement_cmd(&client, &cmd, json).await,
+    }
+}
+
+fn ids(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The placement subcommands of `ringkv cluster`.
+async fn placement_cmd(client: &Client, cmd: &ClusterCmd, json: bool) -> Result<u8, Failure> {
+    let done = |v: serde_json::Value, text: String| {
+        if json {
+            print_json(v);
+        } else {
+            println!("{text}");
+        }
+        Ok(EXIT_OK)
+    };
+    match cmd {
+        ClusterCmd::Status => unreachable!("handled by run"),
+        ClusterCmd::Nodes => {
+            let r = client.list_nodes().await?;
+            let rows: Vec<serde_json::Value> = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    json!({"id": n.id, "addr": n.addr, "up": n.up, "draining": n.draining,
+                       "metadata_member": n.metadata_member, "replicas": n.replicas, "leaders": n.leaders})
+                })
+                .collect();
+            let mut text = format!(
+                "epoch {} (rebalancing {})\n{:<6} {:<22} {:<5} {:<9} {:<5} {:<9} {}",
+                r.epoch,
+                if r.rebalance_enabled { "on" } else { "off" },
+                "NODE",
+                "ADDRESS",
+                "UP",
+                "DRAINING",
+                "META",
+                "REPLICAS",
+                "LEADERS"
+            );
+            for n in &r.nodes {
+                text += &format!(
+                    "\n{:<6} {:<22} {:<5} {:<9} {:<5} {:<9} {}",
+                    n.id, n.addr, n.up, n.draining, n.metadata_member, n.replicas, n.leaders
+                );
+            }
+            done(
+                json!({"epoch": r.epoch, "rebalance_enabled": r.rebalance_enabled, "nodes": rows}),
+                text,
+            )
+        }
+        ClusterCmd::Shards => {
+            let r = client.list_shards().await?;
+            let rows: Vec<serde_json::Value> = r
+                .shards
+                .iter()
+                .map(|s| {
+                    json!({"id": s.id, "replicas": s.replicas, "learners": s.learners, "leader": s.leader_id,
+                       "approximate_bytes": s.approximate_bytes, "operation": s.operation_id})
+                })
+                .collect();
+            let mut text = format!(
+                "epoch {}\n{:<6} {:<12} {:<9} {:<7} {:<14} {}",
+                r.epoch, "SHARD", "REPLICAS", "LEARNERS", "LEADER", "BYTES", "OPERATION"
+            );
+            for s in &r.shards {
+                text += &format!(
+                    "\n{:<6} {:<12} {:<9} {:<7} {:<14} {}",
+                    s.id,
+                    ids(&s.replicas),
+                    ids(&s.learners),
+                    s.leader_id,
+                    s.approximate_bytes,
+                    s.operation_id
+                );
+            }
+            done(json!({"epoch": r.epoch, "shards": rows}), text)
+        }
+        ClusterCmd::Ops => {
+            let r = client.list_operations().await?;
+            let rows: Vec<serde_json::Value> = r
+                .operations
+                .iter()
+                .map(|o| {
+                    json!({"id": o.id, "shard": o.shard_id, "from": o.from_node, "to": o.to_node,
+                       "reason": o.reason, "step": o.step, "entries_behind": o.entries_behind,
+                       "age_ms": o.age_ms, "cancelled": o.cancelled})
+                })
+                .collect();
+            let mut text = format!(
+                "epoch {}\n{:<5} {:<6} {:<5} {:<5} {:<13} {:<15} {:<9} {}",
+                r.epoch, "OP", "SHARD", "FROM", "TO", "REASON", "STEP", "BEHIND", "AGE"
+            );
+            for o in &r.operations {
+                text += &format!(
+                    "\n{:<5} {:<6} {:<5} {:<5} {:<13} {:<15} {:<9} {:.1}s{}",
+                    o.id,
+                    o.shard_id,
+                    o.from_node,
+                    o.to_node,
+                    o.reason,
+                    o.step,
+                    o.entries_behind,
+                    o.age_ms as f64 / 1000.0,
+                    if o.cancelled { " (cancelled)" } else { "" }
+                );
+            }
+            done(json!({"epoch": r.epoch, "operations": rows}), text)
+        }
+        ClusterCmd::Move { shard, from, to } => {
+            let r = client.move_replica(*shard, *from, *to).await?;
+            done(
+                json!({"epoch": r.epoch, "operation": r.operation_id}),
+                format!(
+                    "move {} recorded (epoch {}): shard {shard} from node {from} to node {to}; follow it with `ringkv cluster ops`",
+                    r.operation_id, r.epoch
+                ),
+            )
+        }
+        ClusterCmd::Cancel { operation } => {
+            let r = client.cancel_operation(*operation).await?;
+            done(
+                json!({"epoch": r.epoch}),
+                format!("operation {operation} marked for roll-back (epoch {})", r.epoch),
+            )
+        }
+        ClusterCmd::Split { shard, at } => {
+            let r = client.split_shard(*shard, *at).await?;
+            done(
+                json!({"epoch": r.epoch, "new_shard": r.new_shard_id, "split_token": r.split_token}),
+                format!(
+                    "shard {shard} split at token {:#018x}: new shard {} (epoch {})",
+                    r.split_token, r.new_shard_id, r.epoch
+                ),
+            )
+        }
+        ClusterCmd::TransferLeader { shard, to } => {
+            let r = client.transfer_leader(*shard, *to).await?;
+            done(
+                json!({"leader": r.leader_id}),
+                format!("shard {shard} is now led by node {}", r.leader_id),
+            )
+        }
+        ClusterCmd::RemoveNode { node } => {
+            let r = client.remove_node(*node).await?;
+            done(
+                json!({"epoch": r.epoch}),
+                format!(
+                    "node {node} is draining (epoch {}); it leaves once `ringkv cluster nodes` no longer lists it",
+                    r.epoch
+                ),
+            )
+        }
+        ClusterCmd::Rebalance { state } => {
+            let r = client.set_rebalance(state == "on").await?;
+            done(
+                json!({"epoch": r.epoch, "enabled": r.enabled}),
+                format!(
+                    "rebalancing {} (epoch {})",
+                    if r.enabled { "on" } else { "off" },
+                    r.epoch
+                ),
+            )
         }
     }
 }
