@@ -105,10 +105,17 @@ async fn metrics_parse_and_follow_traffic() {
     }
     assert!(counter(&after, "ringkv_wal_syncs_total", &[]) > 0.0);
     assert_eq!(counter(&after, "ringkv_shards_hosted", &[]), 5.0, "4 shards + metadata");
+    assert!(counter(&after, "ringkv_layout_epoch", &[]) >= 1.0);
+    assert_eq!(
+        counter(&after, "ringkv_placement_operations_in_flight", &[("kind", "move")]),
+        0.0,
+        "no move in flight"
+    );
     for name in [
         "ringkv_raft_term",
         "ringkv_rocksdb_live_sst_bytes",
         "ringkv_resident_memory_bytes",
+        "ringkv_placement_driver_active",
     ] {
         assert!(after.samples.iter().any(|x| x.metric == name), "missing {name}");
     }

@@ -195,7 +195,62 @@ pub fn render(node: &Node) -> String {
 
     render_raft(node, &node_label, &mut out);
     render_rocksdb(node, &node_label, &mut out);
+    render_placement(node, &node_label, &mut out);
     out
+}
+
+/// Layout epoch, in-flight placement operations and, on the metadata
+/// leader, each move's progress.
+fn render_placement(node: &Node, node_label: &str, out: &mut String) {
+    let layout = node.layout();
+    family(out, "ringkv_layout_epoch", "gauge", "Epoch of the cluster layout this node routes with.");
+    sample(out, "ringkv_layout_epoch", node_label, layout.epoch);
+    family(
+        out,
+        "ringkv_placement_operations_in_flight",
+        "gauge",
+        "Replica moves and shard splits recorded in the layout and not finished.",
+    );
+    sample(
+        out,
+        "ringkv_placement_operations_in_flight",
+        &format!("{node_label},kind=\"move\""),
+        layout.ops.len(),
+    );
+    sample(
+        out,
+        "ringkv_placement_operations_in_flight",
+        &format!("{node_label},kind=\"split\""),
+        layout.splits.len(),
+    );
+    family(
+        out,
+        "ringkv_placement_driver_active",
+        "gauge",
+        "1 on the metadata leader, whose driver runs moves, splits and balancing.",
+    );
+    sample(
+        out,
+        "ringkv_placement_driver_active",
+        node_label,
+        u8::from(node.is_meta_leader()),
+    );
+    family(
+        out,
+        "ringkv_placement_move_entries_behind",
+        "gauge",
+        "Log entries a move's target is behind its shard leader (-1: nothing copied yet); metadata leader only.",
+    );
+    let progress = node.placement.progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for op in layout.ops.values() {
+        if let Some((step, behind)) = progress.get(&op.id) {
+            let labels = format!(
+                "{node_label},op=\"{}\",shard=\"{}\",from=\"{}\",to=\"{}\",step=\"{step}\"",
+                op.id, op.shard, op.from, op.to
+            );
+            sample(out, "ringkv_placement_move_entries_behind", &labels, behind);
+        }
+    }
 }
 
 fn render_raft(node: &Node, node_label: &str, out: &mut String) {
