@@ -165,10 +165,14 @@ impl FromStr for NemesisSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "target")]
 pub enum Target {
-    Node { node: u64 },
+    Node {
+        node: u64,
+    },
     /// The leader of the `shard`-th data shard (in id order), looked up when
     /// the step starts; a random node if no leader is known then.
-    LeaderOf { shard: u32 },
+    LeaderOf {
+        shard: u32,
+    },
     All,
 }
 
@@ -181,7 +185,11 @@ pub enum Partition {
     /// `minority` (the smaller half) cut off from the rest.
     Halves { minority: Vec<u64> },
     /// Two halves that only `bridge` connects (5 nodes or more).
-    Bridge { bridge: u64, left: Vec<u64>, right: Vec<u64> },
+    Bridge {
+        bridge: u64,
+        left: Vec<u64>,
+        right: Vec<u64>,
+    },
     /// Nodes in a ring, each seeing only itself and its two neighbours: every
     /// node sees a majority, no two the same one (exactly 5 nodes).
     MajoritiesRing { ring: Vec<u64> },
@@ -241,7 +249,9 @@ pub enum Fault {
     Pause(Target),
     Partition(Partition),
     /// Wall-clock offsets in milliseconds, per node.
-    Skew { offsets_ms: Vec<(u64, i64)> },
+    Skew {
+        offsets_ms: Vec<(u64, i64)>,
+    },
 }
 
 impl Fault {
@@ -522,11 +532,13 @@ pub async fn execute(
                 .insert(step.id, format!("{name} {:?}", a.nodes));
             applied.insert(i, a);
         } else if let Some(a) = applied.remove(&i) {
-            finish(step, &a, &cluster).await.map_err(|cause| NemesisError::Cluster {
-                id: step.id,
-                name,
-                cause,
-            })?;
+            finish(step, &a, &cluster)
+                .await
+                .map_err(|cause| NemesisError::Cluster {
+                    id: step.id,
+                    name,
+                    cause,
+                })?;
             record(&rec, stop_f, &a.value);
             active.lock().unwrap_or_else(|p| p.into_inner()).remove(&step.id);
         }
@@ -556,11 +568,7 @@ async fn resolve(target: &Target, cluster: &Arc<tokio::sync::Mutex<Cluster>>, rn
     }
 }
 
-async fn begin(
-    step: &Step,
-    cluster: &Arc<tokio::sync::Mutex<Cluster>>,
-    rng: &mut StdRng,
-) -> anyhow::Result<Applied> {
+async fn begin(step: &Step, cluster: &Arc<tokio::sync::Mutex<Cluster>>, rng: &mut StdRng) -> anyhow::Result<Applied> {
     let mut value = json!({"id": step.id, "fault": step.fault.name()});
     let nodes = match &step.fault {
         Fault::Kill(t) | Fault::Pause(t) => {
@@ -657,13 +665,23 @@ mod tests {
                     assert!(s.duration_ms > 0);
                 }
                 for a in &steps {
-                    for b in steps.iter().filter(|b| b.id > a.id && b.fault.kind().class() == a.fault.kind().class())
+                    for b in steps
+                        .iter()
+                        .filter(|b| b.id > a.id && b.fault.kind().class() == a.fault.kind().class())
                     {
-                        assert!(b.start_ms >= a.start_ms + a.duration_ms, "seed {seed}: {a:?} overlaps {b:?}");
+                        assert!(
+                            b.start_ms >= a.start_ms + a.duration_ms,
+                            "seed {seed}: {a:?} overlaps {b:?}"
+                        );
                     }
                 }
-                let overlapping = steps.windows(2).any(|w| w[1].start_ms < w[0].start_ms + w[0].duration_ms);
-                assert!(overlapping, "seed {seed}: expected faults of different classes to overlap");
+                let overlapping = steps
+                    .windows(2)
+                    .any(|w| w[1].start_ms < w[0].start_ms + w[0].duration_ms);
+                assert!(
+                    overlapping,
+                    "seed {seed}: expected faults of different classes to overlap"
+                );
                 if nodes == 3 {
                     assert!(steps.iter().all(|s| !matches!(
                         s.fault,

@@ -117,7 +117,10 @@ pub fn nemesis_intervals(h: &History) -> Vec<Interval> {
         }
     }
     let last = h.events.last().map_or(0, |e| e.time);
-    done.extend(open.into_values().map(|(kind, start)| Interval { kind, start, end: last }));
+    done.extend(
+        open.into_values()
+            .map(|(kind, start)| Interval { kind, start, end: last }),
+    );
     done.sort_by_key(|i| i.start);
     done
 }
@@ -315,10 +318,7 @@ pub fn latency_svg(h: &History) -> String {
                 s,
                 r#"<circle cx="{x:.1}" cy="{y:.1}" r="1.5" fill="{c}" fill-opacity="0.6"/>"#
             ),
-            Outcome::Info => writeln!(
-                s,
-                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="none" stroke="{c}"/>"#
-            ),
+            Outcome::Info => writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="none" stroke="{c}"/>"#),
             Outcome::Fail => writeln!(
                 s,
                 r#"<rect x="{:.1}" y="{:.1}" width="4" height="4" fill="{c}" fill-opacity="0.8"/>"#,
@@ -350,11 +350,19 @@ pub fn latency_svg(h: &History) -> String {
             "ok",
         ),
         (
-            format!(r#"<circle cx="{}" cy="{}" r="3" fill="none" stroke="black"/>"#, lx + 6.0, ly + 10.0),
+            format!(
+                r#"<circle cx="{}" cy="{}" r="3" fill="none" stroke="black"/>"#,
+                lx + 6.0,
+                ly + 10.0
+            ),
             "info (indeterminate)",
         ),
         (
-            format!(r#"<rect x="{}" y="{}" width="4" height="4" fill="black"/>"#, lx + 4.0, ly + 22.0),
+            format!(
+                r#"<rect x="{}" y="{}" width="4" height="4" fill="black"/>"#,
+                lx + 4.0,
+                ly + 22.0
+            ),
             "fail",
         ),
     ] {
@@ -385,7 +393,10 @@ pub fn throughput_svg(h: &History) -> String {
             crate::history::EventType::Invoke => continue,
         };
         let b = ((ev.time as f64 / 1e9) / bucket) as usize;
-        if let Some(c) = counts.get_mut(outcome_name(o)).and_then(|(_, v)| v.get_mut(b.min(n - 1))) {
+        if let Some(c) = counts
+            .get_mut(outcome_name(o))
+            .and_then(|(_, v)| v.get_mut(b.min(n - 1)))
+        {
             *c += 1.0 / bucket;
         }
     }
@@ -401,7 +412,10 @@ pub fn throughput_svg(h: &History) -> String {
         log: false,
     };
     let mut s = String::new();
-    header(&mut s, &format!("throughput: completions per second ({bucket:.0} s buckets)"));
+    header(
+        &mut s,
+        &format!("throughput: completions per second ({bucket:.0} s buckets)"),
+    );
     frame(&mut s, &fr, &nemesis_intervals(h), "ops/s");
     for k in 0..=5 {
         let v = y_max * k as f64 / 5.0;
@@ -505,7 +519,11 @@ mod tests {
         // Three nemesis intervals shaded, one mark per completed op.
         assert_eq!(lat.matches("fill-opacity=\"0.18\"").count(), 3);
         assert_eq!(lat.matches("r=\"1.5\"").count(), 1, "one ok op");
-        assert_eq!(lat.matches("r=\"3\" fill=\"none\" stroke=\"#d62728\"").count(), 1, "one info incr");
+        assert_eq!(
+            lat.matches("r=\"3\" fill=\"none\" stroke=\"#d62728\"").count(),
+            1,
+            "one info incr"
+        );
         assert!(lat.contains(">incr</text>") && lat.contains(">partition</text>"));
         let tp = throughput_svg(&h);
         assert_eq!(tp.matches("<polyline").count(), 3);

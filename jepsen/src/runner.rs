@@ -46,8 +46,8 @@ use crate::cluster::FakeTime;
 use crate::history::Event;
 use crate::history::EventType;
 use crate::history::History;
-use crate::history::Process;
 use crate::history::Outcome;
+use crate::history::Process;
 use crate::history::F;
 use crate::nemesis;
 use crate::nemesis::Kind;
@@ -389,7 +389,10 @@ async fn worker(
         let (f, key, invoke_value, done) = match workload {
             Workload::Register => {
                 let generation = rec.start.elapsed().as_millis() / REGISTER_KEY_ROTATION.as_millis().max(1);
-                let key = format!("r{}", generation as u64 * REGISTER_KEYS + rng.gen_range(0..REGISTER_KEYS));
+                let key = format!(
+                    "r{}",
+                    generation as u64 * REGISTER_KEYS + rng.gen_range(0..REGISTER_KEYS)
+                );
                 shared
                     .register_keys
                     .lock()
@@ -478,7 +481,6 @@ async fn worker(
     }
     Ok(())
 }
-
 
 /// Draws the progress line until `end`: a bar on a terminal, a line every
 /// [`PROGRESS_LOG`] otherwise.
@@ -662,6 +664,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
     anyhow::ensure!(
         cfg.nemesis_interval >= Duration::from_secs(1),
         "nemesis interval must be >= 1 s"
+    );
+    // A node data dir left by an earlier run would resume that cluster.
+    anyhow::ensure!(
+        !cfg.out.join("node1").exists(),
+        "{} holds an earlier run (node1/): remove it or pick another --out",
+        cfg.out.display()
     );
     std::fs::create_dir_all(&cfg.out)?;
     let files = RunFiles::in_dir(&cfg.out);

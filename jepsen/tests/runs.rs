@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ringkv_jepsen::checker::Workload;
-use ringkv_jepsen::report::Validity;
 use ringkv_jepsen::nemesis::Kind;
 use ringkv_jepsen::nemesis::NemesisSpec;
+use ringkv_jepsen::report::Validity;
 use ringkv_jepsen::runner::run;
 use ringkv_jepsen::runner::RunConfig;
 
@@ -95,7 +95,11 @@ async fn expect(cfg: RunConfig, dir: tempfile::TempDir, want: Validity) {
         "too few successful operations: {:?}",
         results.history
     );
-    assert!(results.history.nemesis_events >= 2, "no fault injected: {:?}", results.history);
+    assert!(
+        results.history.nemesis_events >= 2,
+        "no fault injected: {:?}",
+        results.history
+    );
     for f in ["latency.svg", "throughput.svg", "summary.txt", "nemesis-schedule.json"] {
         assert!(dir.path().join(f).exists(), "{f} not written");
     }
@@ -144,10 +148,25 @@ async fn reads_without_read_index_are_caught() {
 fn run_binary(workload: &str, nemesis: &str, secs: u64, extra: &[&str]) -> i32 {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv-jepsen"))
-        .args(["run", "--quiet", "--workload", workload, "--nemesis", nemesis, "--time-limit"])
+        .args([
+            "run",
+            "--quiet",
+            "--workload",
+            workload,
+            "--nemesis",
+            nemesis,
+            "--time-limit",
+        ])
         .arg(secs.to_string())
         .arg("--nemesis-interval")
-        .arg(if secs <= BROKEN_RUN_S { BROKEN_INTERVAL_S } else { INTERVAL_S }.to_string())
+        .arg(
+            if secs <= BROKEN_RUN_S {
+                BROKEN_INTERVAL_S
+            } else {
+                INTERVAL_S
+            }
+            .to_string(),
+        )
         .arg("--seed")
         .arg(seed().to_string())
         .arg("--server")
