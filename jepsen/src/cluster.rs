@@ -31,6 +31,9 @@ use anyhow::Context;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::ClusterStatusRequest;
 
+/// The run folder's copy of the server binary, removed with the cluster.
+const SERVER_COPY: &str = "ringkv-server.bin";
+
 /// Longest wait for every shard to have a leader.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -123,6 +126,13 @@ impl Cluster {
             "{} not found: build ringkv-server first",
             server.display()
         );
+        // A private copy: a build that replaces the binary during the run
+        // (a shared target directory) must not restart nodes with other
+        // code than they started with.
+        std::fs::create_dir_all(dir)?;
+        let own_server = dir.join(SERVER_COPY);
+        std::fs::copy(server, &own_server).with_context(|| format!("copy {}", server.display()))?;
+        let server = own_server.as_path();
         let mut nodes = Vec::new();
         for id in 1..=n {
             let addr = if own_addresses {
@@ -361,5 +371,7 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        // The private copy is large (debug info): do not leave it behind.
+        let _ = std::fs::remove_file(&self.server);
     }
 }

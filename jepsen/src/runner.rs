@@ -63,9 +63,9 @@ const REGISTER_KEYS: u64 = 5;
 /// How long one generation of register keys is used before the workload
 /// moves on to fresh keys.
 pub const REGISTER_KEY_ROTATION: Duration = Duration::from_secs(15);
-/// Pause of a worker after a failed operation, so a node that refuses
-/// at once (no leader, not the leader) does not turn the worker into a
-/// busy loop on a starved CPU.
+/// Pause of a worker after a failed or indeterminate operation, so a node
+/// that refuses at once (no leader, not the leader, connection refused)
+/// does not turn the worker into a busy loop on a starved CPU.
 const FAIL_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest the final reads may keep failing after the cluster is healed.
 const FINAL_READS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -476,6 +476,7 @@ async fn worker(
                 rec.record(EventType::Info, f, Some(key), echo, p, Some(e));
                 // Jepsen's rule: the process may still act; continue as a new one.
                 process += cfg.clients;
+                tokio::time::sleep(FAIL_BACKOFF.min(end.saturating_duration_since(Instant::now()))).await;
             }
         }
     }
@@ -796,8 +797,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
         if let Some(e) = failure {
             return Err(e.context("run aborted"));
         }
-        c.wait_ready().await?;
     }
+    // A cluster that does not recover is a finding too: the history is
+    // still written and checked (final reads missing), then the run fails.
+    let ready = cluster.lock().await.wait_ready().await;
     let final_process = Process::Client(1_000_000);
     // Final reads try the nodes in turn: a node that hosts no replica of
     // the key's shard may forward to a replica that is not the leader.
@@ -818,7 +821,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
     // A final read that keeps failing ends the reads; the history is
     // still written and checked (the checkers report what they cannot
     // decide as unknown), then the run fails.
-    let mut final_failure = None;
+    let mut final_failure = ready.err().map(|e| e.context("after healing"));
+    if final_failure.is_some() {
+        finals.clear();
+    }
     'finals: for (f, key) in finals {
         loop {
             rec.record(
