@@ -4,6 +4,7 @@
 #   clang + libclang   bindgen for the RocksDB bindings
 #   protoc             gRPC code generation (proto/build.rs)
 #   iptables, ip       fault injection in the Jepsen-style tests
+#   faketime           libfaketime, the clock-skew nemesis of ringkv-jepsen
 #   grpcurl            playground and manual admin calls
 #   rustfmt, clippy    `make test`
 #
@@ -60,6 +61,13 @@ have_cmd ip        || missing_pkgs+=(iproute2)
 have_cmd make      || missing_pkgs+=(make)
 { have_cmd cc && have_cmd c++; } || missing_pkgs+=(g++)
 have_cmd python3   || missing_pkgs+=(python3)
+# libfaketime (LD_PRELOADed into nodes by the clock-skew nemesis); the
+# faketime package pulls in libfaketime.
+have_libfaketime() {
+    compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null \
+        || compgen -G "/usr/lib/faketime/libfaketime.so.1" >/dev/null
+}
+have_libfaketime   || missing_pkgs+=(faketime)
 
 apt_updated=0
 apt_install() {

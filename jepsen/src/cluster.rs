@@ -4,7 +4,20 @@
 //!
 //! Owns the processes and their data directories under the run's folder;
 //! every process is killed when the cluster is dropped. Network partitions
-//! (namespaces and iptables) are not here yet.
+//! (iptables) live in `nemesis`.
+//!
+//! Clock skew: with [`FakeTime`] every node runs with libfaketime preloaded
+//! and reads its wall-clock offset from its own file (`nodeN.faketime`),
+//! which [`Cluster::set_clock_offset`] rewrites while the node runs;
+//! libfaketime re-reads it at most once a second (`FAKETIME_CACHE_DURATION`).
+//! Only the wall clock (`CLOCK_REALTIME`) is faked
+//! (`FAKETIME_DONT_FAKE_MONOTONIC=1`): ringkv reads the wall clock only for
+//! the leader's log timestamps that drive session expiry, while Raft
+//! timers, deadlines and timeouts use the monotonic clock, which real clock
+//! trouble (NTP steps, a wrong RTC) leaves alone. Faking it too would test
+//! a machine whose monotonic clock jumps, which no kernel does, and would
+//! make election timers fire early or late instead of testing the timestamp
+//! path.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -18,8 +31,43 @@ use anyhow::Context;
 use ringkv_proto::v1::admin_client::AdminClient;
 use ringkv_proto::v1::ClusterStatusRequest;
 
+/// The run folder's copy of the server binary, removed with the cluster.
+const SERVER_COPY: &str = "ringkv-server.bin";
+
 /// Longest wait for every shard to have a leader.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where libfaketime may be installed (Debian's `faketime` package first).
+const LIBFAKETIME_PATHS: [&str; 4] = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+];
+
+/// Overrides the libfaketime path.
+pub const LIBFAKETIME_ENV: &str = "RINGKV_JEPSEN_LIBFAKETIME";
+
+/// libfaketime, preloaded into every node so its wall clock can be skewed.
+#[derive(Debug, Clone)]
+pub struct FakeTime {
+    pub lib: PathBuf,
+}
+
+impl FakeTime {
+    /// The installed library, if any.
+    pub fn find() -> Option<FakeTime> {
+        if let Some(p) = std::env::var_os(LIBFAKETIME_ENV) {
+            let p = PathBuf::from(p);
+            return p.exists().then_some(FakeTime { lib: p });
+        }
+        LIBFAKETIME_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .map(|lib| FakeTime { lib })
+    }
+}
 
 /// One node process.
 pub struct NodeProc {
@@ -27,6 +75,8 @@ pub struct NodeProc {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// libfaketime's offset file for this node.
+    pub clock_file: PathBuf,
     child: Option<Child>,
     paused: bool,
 }
@@ -37,6 +87,7 @@ pub struct Cluster {
     initial_cluster: String,
     shards: u32,
     extra_args: Vec<String>,
+    faketime: Option<FakeTime>,
     pub nodes: Vec<NodeProc>,
 }
 
@@ -59,7 +110,8 @@ impl Cluster {
     /// Starts `n` nodes with data under `dir` and waits until they are ready.
     /// With `own_addresses` (inside a private network namespace) node `i`
     /// listens on `127.0.0.(10+i):50051` and dials its peers from that
-    /// address, so firewall rules can cut single nodes off.
+    /// address, so firewall rules can cut single nodes off. With `faketime`
+    /// the nodes' wall clocks can be skewed.
     pub async fn start(
         server: &Path,
         dir: &Path,
@@ -67,12 +119,20 @@ impl Cluster {
         shards: u32,
         extra_args: &[String],
         own_addresses: bool,
+        faketime: Option<FakeTime>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             server.exists(),
             "{} not found: build ringkv-server first",
             server.display()
         );
+        // A private copy: a build that replaces the binary during the run
+        // (a shared target directory) must not restart nodes with other
+        // code than they started with.
+        std::fs::create_dir_all(dir)?;
+        let own_server = dir.join(SERVER_COPY);
+        std::fs::copy(server, &own_server).with_context(|| format!("copy {}", server.display()))?;
+        let server = own_server.as_path();
         let mut nodes = Vec::new();
         for id in 1..=n {
             let addr = if own_addresses {
@@ -85,6 +145,7 @@ impl Cluster {
                 addr,
                 data_dir: dir.join(format!("node{id}")),
                 log: dir.join(format!("node{id}.log")),
+                clock_file: dir.join(format!("node{id}.faketime")),
                 child: None,
                 paused: false,
             });
@@ -99,9 +160,13 @@ impl Cluster {
             initial_cluster,
             shards,
             extra_args: extra_args.to_vec(),
+            faketime,
             nodes,
         };
         for id in 1..=n {
+            if c.faketime.is_some() {
+                c.set_clock_offset(id, 0)?;
+            }
             c.spawn(id)?;
         }
         c.wait_ready().await?;
@@ -113,17 +178,25 @@ impl Cluster {
     }
 
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let (server, initial, shards, extra) = (
+        let (server, initial, shards, extra, faketime) = (
             self.server.clone(),
             self.initial_cluster.clone(),
             self.shards,
             self.extra_args.clone(),
+            self.faketime.clone(),
         );
         let n = self.node(id);
         anyhow::ensure!(n.child.is_none(), "node {id} is already running");
         let source = n.addr.split(':').next().unwrap_or_default().to_string();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
-        let child = Command::new(&server)
+        let mut cmd = Command::new(&server);
+        if let Some(ft) = &faketime {
+            cmd.env("LD_PRELOAD", &ft.lib)
+                .env("FAKETIME_TIMESTAMP_FILE", &n.clock_file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
             .args(["--node-id", &id.to_string(), "--listen", &n.addr])
             .arg("--data-dir")
             .arg(&n.data_dir)
@@ -198,6 +271,31 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
+    /// Every node's address, and the ids of the nodes that are up.
+    pub fn addrs_up(&self) -> (Vec<String>, Vec<u64>) {
+        let up = self.nodes.iter().filter(|n| self.is_up(n.id)).map(|n| n.id).collect();
+        (self.addrs(), up)
+    }
+
+    /// Whether node clocks can be skewed.
+    pub fn has_faketime(&self) -> bool {
+        self.faketime.is_some()
+    }
+
+    /// Sets node `id`'s wall clock to real time plus `offset_ms`, effective
+    /// within libfaketime's cache duration. The file is replaced atomically
+    /// so the node never reads half of it.
+    pub fn set_clock_offset(&self, id: u64, offset_ms: i64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.faketime.is_some(), "clock skew needs libfaketime");
+        let n = &self.nodes[(id - 1) as usize];
+        let tmp = n.clock_file.with_extension("faketime.tmp");
+        let sign = if offset_ms < 0 { "-" } else { "+" };
+        let abs = offset_ms.unsigned_abs();
+        std::fs::write(&tmp, format!("{sign}{}.{:03}\n", abs / 1000, abs % 1000))?;
+        std::fs::rename(&tmp, &n.clock_file)?;
+        Ok(())
+    }
+
     /// Waits until every running node sees a running leader for every shard
     /// it hosts.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -233,6 +331,35 @@ impl Cluster {
     }
 }
 
+/// The leader of the `shard`-th data shard (in id order) as a node that
+/// hosts it reports, if that leader is up.
+pub async fn leader_of(addrs: &[String], up: &[u64], shard: u32) -> Option<u64> {
+    for (i, addr) in addrs.iter().enumerate() {
+        if !up.contains(&(i as u64 + 1)) {
+            continue;
+        }
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+            continue;
+        };
+        let Ok(ch) = ep.timeout(Duration::from_secs(2)).connect().await else {
+            continue;
+        };
+        let Ok(st) = AdminClient::new(ch).cluster_status(ClusterStatusRequest {}).await else {
+            continue;
+        };
+        let mut shards = st.into_inner().shards;
+        if shards.is_empty() {
+            continue;
+        }
+        shards.sort_by_key(|s| s.id);
+        let s = &shards[shard as usize % shards.len()];
+        if s.hosted_here && up.contains(&s.leader_id) {
+            return Some(s.leader_id);
+        }
+    }
+    None
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
@@ -244,5 +371,7 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        // The private copy is large (debug info): do not leave it behind.
+        let _ = std::fs::remove_file(&self.server);
     }
 }

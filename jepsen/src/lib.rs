@@ -7,12 +7,15 @@
 //! - [`checker`]: consistency checkers over a history: [`checker::linear`] (per-key
 //!   linearizable registers), [`checker::set`] and [`checker::counter`].
 //! - [`report`]: verdicts, anomalies and the `results.json` written next to a history.
-//!
-//! The cluster runner, the nemeses and the workload generators (modules `runner`, `nemesis`,
-//! `workload`) produce histories in the format of [`history`] and feed them to [`checker::check`].
+//! - [`plot`]: latency and throughput over time as SVG, nemesis intervals shaded.
+//! - [`cluster`]: the `ringkv-server` processes of a run (kill, restart, pause, clock files).
+//! - [`nemesis`]: fault kinds, the seeded fault schedule and its execution.
+//! - [`runner`]: `ringkv-jepsen run`: workloads, nemesis, final reads, checking, summary.
 
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod nemesis;
+pub mod plot;
 pub mod report;
 pub mod runner;

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ringkv_jepsen::checker::{self, Budget, Workload};
 use ringkv_jepsen::history::History;
+use ringkv_jepsen::nemesis::NemesisSpec;
 
 /// Exit status for usage, parse and I/O errors.
 const EXIT_ERROR: u8 = 3;
@@ -39,24 +40,35 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    #[arg(long, value_enum, default_value_t = RunWorkload::Register)]
-    workload: RunWorkload,
-    #[arg(long, value_enum, default_value_t = ringkv_jepsen::runner::Nemesis::Kill)]
-    nemesis: ringkv_jepsen::runner::Nemesis,
+    /// register, set, counter, a comma list, or all: several workloads run
+    /// concurrently on disjoint keys of one cluster.
+    #[arg(long, default_value = "register", value_parser = parse_workloads)]
+    workload: WorkloadList,
+    /// none, kill, pause, partition, skew, a comma list, or all (alias
+    /// combined). The fault schedule is generated from --seed.
+    #[arg(long, default_value = "kill")]
+    nemesis: NemesisSpec,
     /// Seconds of load and faults.
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
-    /// Seconds between two faults.
+    /// Mean seconds between the starts of two faults.
     #[arg(long, default_value_t = 8)]
     nemesis_interval: u64,
+    /// Nodes in the cluster (5 enables the bridge and majorities-ring partitions).
     #[arg(long, default_value_t = 3)]
     nodes: u64,
     #[arg(long, default_value_t = 4)]
     shards: u32,
+    /// Client workers (split round-robin over the workloads).
     #[arg(long, default_value_t = 6)]
     clients: u64,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed of the clients and of the fault schedule (default: random,
+    /// printed so the run can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
     /// Folder for the history, results and node logs.
     #[arg(long, default_value = "./data/jepsen")]
     out: PathBuf,
@@ -68,11 +80,21 @@ struct RunArgs {
     server_args: Vec<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum RunWorkload {
-    Register,
-    Set,
-    Counter,
+#[derive(Clone)]
+struct WorkloadList(Vec<Workload>);
+
+fn parse_workloads(s: &str) -> Result<WorkloadList, String> {
+    if s == "all" {
+        return Ok(WorkloadList(Workload::ALL.to_vec()));
+    }
+    let mut out: Vec<Workload> = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let w: Workload = part.parse()?;
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    Ok(WorkloadList(out))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,12 +145,15 @@ fn main() -> ExitCode {
 /// Re-runs this command inside a private network namespace (`unshare -n`),
 /// where the partition nemesis may change firewall rules; the namespace and
 /// its rules vanish with the process.
-fn rerun_in_netns() -> ExitCode {
+fn rerun_in_netns(seed: u64) -> ExitCode {
     let Ok(exe) = std::env::current_exe() else {
         eprintln!("error: cannot find this executable");
         return ExitCode::from(EXIT_ERROR);
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--seed" || a.starts_with("--seed=")) {
+        args.push(format!("--seed={seed}"));
+    }
     let script = "ip link set lo up && exec \"$0\" \"$@\"";
     let status = std::process::Command::new("unshare")
         .args(["-n", "--", "sh", "-c", script])
@@ -146,10 +171,17 @@ fn rerun_in_netns() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    if args.nemesis == ringkv_jepsen::runner::Nemesis::Partition
-        && std::env::var_os(ringkv_jepsen::runner::IN_NETNS_ENV).is_none()
-    {
-        return rerun_in_netns();
+    // Pick the seed before a re-execution in a namespace, so both halves
+    // agree and it is printed once.
+    let Some(seed) = args.seed else {
+        let seed = rand::random::<u32>() as u64;
+        return run(RunArgs {
+            seed: Some(seed),
+            ..args
+        });
+    };
+    if args.nemesis.needs_netns() && std::env::var_os(ringkv_jepsen::runner::IN_NETNS_ENV).is_none() {
+        return rerun_in_netns(seed);
     }
     let server = args.server.clone().unwrap_or_else(|| {
         std::env::current_exe()
@@ -160,19 +192,16 @@ fn run(args: RunArgs) -> ExitCode {
     let cfg = ringkv_jepsen::runner::RunConfig {
         server,
         out: args.out,
-        workload: match args.workload {
-            RunWorkload::Register => Workload::Register,
-            RunWorkload::Set => Workload::Set,
-            RunWorkload::Counter => Workload::Counter,
-        },
+        workloads: args.workload.0,
         nemesis: args.nemesis,
         nodes: args.nodes,
         shards: args.shards,
         clients: args.clients,
         time_limit: Duration::from_secs(args.time_limit),
         nemesis_interval: Duration::from_secs(args.nemesis_interval),
-        seed: args.seed,
+        seed,
         server_args: args.server_args,
+        progress: !args.quiet,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -3,7 +3,7 @@
 //! This module owns the verdict types shared by every checker ([`Validity`], [`Anomaly`],
 //! [`CheckerReport`]) and the whole-run [`Results`]. In JSON a validity is `true`, `false` or
 //! `"unknown"`; the overall verdict is invalid if any checker is invalid, else unknown if any is
-//! unknown, else valid. Plots and the run folder layout will also live here once the runner exists.
+//! unknown, else valid. Plots are in [`crate::plot`], the run folder's files in [`crate::runner::RunFiles`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

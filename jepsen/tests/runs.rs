@@ -1,18 +1,30 @@
-//! Short fault-injection runs on a real local cluster (part of `make
-//! test`): each must come out valid, and a deliberately broken server
-//! (linearizable reads without ReadIndex) must be caught as invalid.
+//! Fault-injection runs on a real local cluster (part of `make test`):
+//! about a minute each of the three workloads together under kill -9,
+//! pause and partitions, and a shorter one under clock skew, each of which
+//! must come out valid; and a deliberately broken server (linearizable
+//! reads without ReadIndex) that must be caught as invalid under pauses and
+//! under partitions.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ringkv_jepsen::checker::Workload;
+use ringkv_jepsen::nemesis::Kind;
+use ringkv_jepsen::nemesis::NemesisSpec;
 use ringkv_jepsen::report::Validity;
 use ringkv_jepsen::runner::run;
-use ringkv_jepsen::runner::Nemesis;
 use ringkv_jepsen::runner::RunConfig;
 
-/// Seconds of load per run.
-const TIME_LIMIT_S: u64 = 15;
+/// Seconds of load of a run that must come out valid.
+const VALID_RUN_S: u64 = 60;
+/// Seconds of load of the clock-skew run.
+const SKEW_RUN_S: u64 = 30;
+/// Seconds of load of a run against the broken build.
+const BROKEN_RUN_S: u64 = 15;
+/// Mean seconds between faults: long runs, and the short broken-build runs
+/// (which need faults early and often).
+const INTERVAL_S: u64 = 8;
+const BROKEN_INTERVAL_S: u64 = 5;
 
 fn server() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -38,32 +50,42 @@ fn seed() -> u64 {
     s
 }
 
-fn config(dir: &tempfile::TempDir, workload: Workload, nemesis: Nemesis, server_args: Vec<String>) -> RunConfig {
+fn config(
+    dir: &tempfile::TempDir,
+    workloads: &[Workload],
+    nemesis: Kind,
+    secs: u64,
+    server_args: Vec<String>,
+) -> RunConfig {
     RunConfig {
         server: server(),
         out: dir.path().to_path_buf(),
-        workload,
-        nemesis,
+        workloads: workloads.to_vec(),
+        nemesis: NemesisSpec::of(&[nemesis]),
         nodes: 3,
         shards: 4,
         clients: 6,
-        time_limit: Duration::from_secs(TIME_LIMIT_S),
-        nemesis_interval: Duration::from_secs(6),
+        time_limit: Duration::from_secs(secs),
+        nemesis_interval: Duration::from_secs(if secs <= BROKEN_RUN_S {
+            BROKEN_INTERVAL_S
+        } else {
+            INTERVAL_S
+        }),
         seed: seed(),
         server_args,
+        progress: false,
     }
 }
 
-async fn expect(workload: Workload, nemesis: Nemesis, server_args: Vec<String>, want: Validity) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let results = run(config(&dir, workload, nemesis, server_args)).await.expect("run");
+async fn expect(cfg: RunConfig, dir: tempfile::TempDir, want: Validity) {
+    let what = format!("{:?} under {}", cfg.workloads, cfg.nemesis);
+    let results = run(cfg).await.expect("run");
     if results.valid != want {
-        let history = std::fs::read_to_string(dir.path().join("results.json")).unwrap_or_default();
+        let report = std::fs::read_to_string(dir.path().join("summary.txt")).unwrap_or_default();
         // Keep the evidence for a failing run.
         let keep = dir.keep();
         panic!(
-            "{} under {nemesis:?}: {:?}, expected {want:?}; run kept in {}\n{history}",
-            workload.name(),
+            "{what}: {:?}, expected {want:?}; run kept in {}\n{report}",
             results.valid,
             keep.display()
         );
@@ -73,37 +95,79 @@ async fn expect(workload: Workload, nemesis: Nemesis, server_args: Vec<String>, 
         "too few successful operations: {:?}",
         results.history
     );
+    assert!(
+        results.history.nemesis_events >= 2,
+        "no fault injected: {:?}",
+        results.history
+    );
+    for f in ["latency.svg", "throughput.svg", "summary.txt", "nemesis-schedule.json"] {
+        assert!(dir.path().join(f).exists(), "{f} not written");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_under_kill_is_linearizable() {
-    expect(Workload::Register, Nemesis::Kill, vec![], Validity::Valid).await;
+async fn all_workloads_under_kill_are_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&dir, &Workload::ALL, Kind::Kill, VALID_RUN_S, vec![]);
+    expect(cfg, dir, Validity::Valid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn set_under_kill_loses_nothing() {
-    expect(Workload::Set, Nemesis::Kill, vec![], Validity::Valid).await;
+async fn all_workloads_under_pause_are_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&dir, &Workload::ALL, Kind::Pause, VALID_RUN_S, vec![]);
+    expect(cfg, dir, Validity::Valid).await;
 }
 
+/// Clock skew through libfaketime; without the library the nemesis is
+/// skipped (with a notice) and the run must still be valid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counter_under_pause_applies_once() {
-    expect(Workload::Counter, Nemesis::Pause, vec![], Validity::Valid).await;
+async fn all_workloads_under_clock_skew_are_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&dir, &Workload::ALL, Kind::Skew, SKEW_RUN_S, vec![]);
+    if ringkv_jepsen::cluster::FakeTime::find().is_none() {
+        eprintln!("notice: libfaketime not installed (Debian package faketime): clock skew is skipped");
+        let results = run(cfg).await.expect("run");
+        assert_eq!(results.valid, Validity::Valid);
+        assert_eq!(results.history.nemesis_events, 0);
+        return;
+    }
+    expect(cfg, dir, Validity::Valid).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_without_read_index_are_caught() {
+    let dir = tempfile::tempdir().expect("tempdir");
     let broken = vec!["--unsafe-reads-without-read-index".to_string()];
-    expect(Workload::Register, Nemesis::Pause, broken, Validity::Invalid).await;
+    let cfg = config(&dir, &[Workload::Register], Kind::Pause, BROKEN_RUN_S, broken);
+    expect(cfg, dir, Validity::Invalid).await;
 }
 
 /// Runs the `ringkv-jepsen` binary (the partition nemesis re-executes it in
 /// a private network namespace) and returns its exit status.
-fn run_binary(nemesis: &str, extra: &[&str]) -> i32 {
+fn run_binary(workload: &str, nemesis: &str, secs: u64, extra: &[&str]) -> i32 {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringkv-jepsen"))
-        .args(["run", "--workload", "register", "--nemesis", nemesis, "--time-limit"])
-        .arg(TIME_LIMIT_S.to_string())
-        .args(["--nemesis-interval", "5", "--seed"])
+        .args([
+            "run",
+            "--quiet",
+            "--workload",
+            workload,
+            "--nemesis",
+            nemesis,
+            "--time-limit",
+        ])
+        .arg(secs.to_string())
+        .arg("--nemesis-interval")
+        .arg(
+            if secs <= BROKEN_RUN_S {
+                BROKEN_INTERVAL_S
+            } else {
+                INTERVAL_S
+            }
+            .to_string(),
+        )
+        .arg("--seed")
         .arg(seed().to_string())
         .arg("--server")
         .arg(server())
@@ -121,12 +185,21 @@ fn run_binary(nemesis: &str, extra: &[&str]) -> i32 {
 }
 
 #[test]
-fn register_under_partitions_is_linearizable() {
-    assert_eq!(run_binary("partition", &[]), 0, "expected a valid history");
+fn all_workloads_under_partitions_are_valid() {
+    assert_eq!(
+        run_binary("all", "partition", VALID_RUN_S, &[]),
+        0,
+        "expected a valid history"
+    );
 }
 
 #[test]
 fn reads_without_read_index_are_caught_under_partitions() {
-    let code = run_binary("partition", &["--server-arg=--unsafe-reads-without-read-index"]);
+    let code = run_binary(
+        "register",
+        "partition",
+        BROKEN_RUN_S,
+        &["--server-arg=--unsafe-reads-without-read-index"],
+    );
     assert_eq!(code, 1, "expected the broken build to be caught as invalid");
 }
