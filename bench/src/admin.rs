@@ -145,13 +145,18 @@ impl Admin {
         Ok(r.enabled)
     }
 
-    pub async fn move_replica(&self, shard_id: u64, from_node: u64, to_node: u64) -> anyhow::Result<MoveReplicaResponse> {
+    pub async fn move_replica(
+        &self,
+        shard_id: u64,
+        from_node: u64,
+        to_node: u64,
+    ) -> anyhow::Result<MoveReplicaResponse> {
         let msg = MoveReplicaRequest {
             shard_id,
             from_node,
             to_node,
         };
-        let req = || self.request(msg.clone(), ADMIN_CALL_TIMEOUT);
+        let req = || self.request(msg, ADMIN_CALL_TIMEOUT);
         self.any("MoveReplica", |mut c| {
             let r = req();
             async move { c.move_replica(r).await }

@@ -172,11 +172,20 @@ impl MoveConfig {
             self.batch_keys * (self.value_bytes + 64) <= BATCH_BYTES_MAX,
             "batch-keys x value-bytes must stay under {BATCH_BYTES_MAX} bytes per batch"
         );
-        for (name, v) in [("load-concurrency", self.load_concurrency), ("concurrency", self.concurrency)] {
-            anyhow::ensure!((1..=CONCURRENCY_MAX).contains(&v), "{name} must be 1..={CONCURRENCY_MAX}");
+        for (name, v) in [
+            ("load-concurrency", self.load_concurrency),
+            ("concurrency", self.concurrency),
+        ] {
+            anyhow::ensure!(
+                (1..=CONCURRENCY_MAX).contains(&v),
+                "{name} must be 1..={CONCURRENCY_MAX}"
+            );
         }
         anyhow::ensure!(self.rate > 0.0 && self.rate.is_finite(), "rate must be > 0");
-        for (name, v) in [("moved-fraction", self.moved_fraction), ("read-fraction", self.read_fraction)] {
+        for (name, v) in [
+            ("moved-fraction", self.moved_fraction),
+            ("read-fraction", self.read_fraction),
+        ] {
             anyhow::ensure!((0.0..=1.0).contains(&v), "{name} must be 0..=1");
         }
         anyhow::ensure!(
@@ -250,7 +259,10 @@ pub fn plan(
         s.operation_id
     );
     let to = target_for(s).with_context(|| match to {
-        Some(t) => format!("node {t} cannot receive shard {}: it holds a copy, is down, draining or unknown", s.id),
+        Some(t) => format!(
+            "node {t} cannot receive shard {}: it holds a copy, is down, draining or unknown",
+            s.id
+        ),
         None => format!("no up node without a copy of shard {}", s.id),
     })?;
     let from = match from {
@@ -285,7 +297,9 @@ pub fn in_ranges(token: u64, ranges: &[TokenRange]) -> bool {
 /// (`inside`) or outside them (`!inside`), in order of `i`.
 pub fn keys_in_ranges(prefix: &str, ranges: &[TokenRange], n: usize, inside: bool) -> anyhow::Result<Vec<Vec<u8>>> {
     let mut out = Vec::with_capacity(n);
-    let budget = (n as u64).saturating_mul(KEY_SEARCH_TRIES_PER_KEY).max(KEY_SEARCH_TRIES_PER_KEY);
+    let budget = (n as u64)
+        .saturating_mul(KEY_SEARCH_TRIES_PER_KEY)
+        .max(KEY_SEARCH_TRIES_PER_KEY);
     for i in 0..budget {
         if out.len() == n {
             return Ok(out);
@@ -473,7 +487,12 @@ struct ForegroundKeys {
 
 /// Runs the open-loop foreground load until `clock.stop_at` is set and
 /// passed; returns the merged measurements.
-async fn foreground(client: Client, keys: Arc<ForegroundKeys>, clock: Arc<Clock>, cfg: MoveConfig) -> anyhow::Result<Tally> {
+async fn foreground(
+    client: Client,
+    keys: Arc<ForegroundKeys>,
+    clock: Arc<Clock>,
+    cfg: MoveConfig,
+) -> anyhow::Result<Tally> {
     let tick = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..cfg.concurrency {
@@ -658,6 +677,9 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// Picks one latency out of a phase's.
+type Pick = fn(&PhaseLatency) -> &Latency;
+
 /// The markdown summary.
 pub fn markdown(r: &MoveReport) -> String {
     let mut s = String::new();
@@ -735,7 +757,7 @@ pub fn markdown(r: &MoveReport) -> String {
         "| foreground | phase | requests | p50 ms | p99 ms | max ms | errors | p99 ratio |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
-    let rows: [(&str, fn(&PhaseLatency) -> &Latency, f64); 5] = [
+    let rows: [(&str, Pick, f64); 5] = [
         ("all", |p| &p.all, r.p99_ratio),
         ("moved shard", |p| &p.moved_shard, r.p99_ratio_moved_shard),
         ("other shards", |p| &p.other_shards, r.p99_ratio_other_shards),
@@ -750,11 +772,7 @@ pub fn markdown(r: &MoveReport) -> String {
             } else {
                 "-".into()
             };
-            let errors = if name == "all" {
-                p.errors.to_string()
-            } else {
-                "".into()
-            };
+            let errors = if name == "all" { p.errors.to_string() } else { "".into() };
             let _ = writeln!(
                 s,
                 "| {name} | {phase} | {} | {:.2} | {:.2} | {:.2} | {errors} | {q} |",
@@ -844,7 +862,10 @@ async fn follow_move(
             None => ("done".to_string(), 0),
         };
         if step != last_step {
-            eprintln!("  {:>7.1} s  step {step} (entries behind {behind})", at_ms as f64 / 1000.0);
+            eprintln!(
+                "  {:>7.1} s  step {step} (entries behind {behind})",
+                at_ms as f64 / 1000.0
+            );
             last_step = step.clone();
         }
         samples.push(Sample {
@@ -962,10 +983,16 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
         cfg.rate, cfg.warmup_seconds, cfg.baseline_seconds
     );
     let load = tokio::spawn(foreground(client.clone(), fg, clock.clone(), cfg.clone()));
-    let stop_load = |clock: &Clock| clock.stop_at.store(clock.since_start(Instant::now()), Ordering::Release);
+    let stop_load = |clock: &Clock| {
+        clock
+            .stop_at
+            .store(clock.since_start(Instant::now()), Ordering::Release)
+    };
 
     tokio::time::sleep_until((start + during_from).into()).await;
-    clock.during_from.store(clock.since_start(Instant::now()), Ordering::Release);
+    clock
+        .during_from
+        .store(clock.since_start(Instant::now()), Ordering::Release);
     let move_started = Instant::now();
     let resp = match admin.move_replica(plan.shard, plan.from, plan.to).await {
         Ok(r) => r,
@@ -1117,7 +1144,10 @@ mod tests {
         let p = plan(&shards, &ns_down, None, None, None).unwrap();
         assert_eq!((p.shard, p.from, p.to), (2, 2, 1));
         // Explicit choices are checked.
-        assert!(plan(&shards, &ns, Some(1), Some(4), None).is_err(), "4 holds no replica");
+        assert!(
+            plan(&shards, &ns, Some(1), Some(4), None).is_err(),
+            "4 holds no replica"
+        );
         assert!(plan(&shards, &ns, Some(1), None, Some(2)).is_err(), "2 holds a copy");
         assert!(plan(&shards, &ns, Some(9), None, None).is_err(), "no shard 9");
         let p = plan(&shards, &ns, Some(2), Some(3), Some(1)).unwrap();
@@ -1259,15 +1289,26 @@ mod tests {
             config: cfg.clone(),
         };
         let md = markdown(&r);
-        assert!(md.contains("| move rate (loaded bytes) | 40.0 MB/s | >= 50 MB/s | FAIL |"), "{md}");
+        assert!(
+            md.contains("| move rate (loaded bytes) | 40.0 MB/s | >= 50 MB/s | FAIL |"),
+            "{md}"
+        );
         assert!(md.contains("| 2.50x | <= 3.0x | PASS |"), "{md}");
-        assert!(md.contains("| all | during | 100 | 1.00 | 10.00 | 20.00 | 0 | 2.50x |"), "{md}");
+        assert!(
+            md.contains("| all | during | 100 | 1.00 | 10.00 | 20.00 | 0 | 2.50x |"),
+            "{md}"
+        );
         let dir = tempfile::tempdir().unwrap();
         write_report(&r, dir.path()).unwrap();
         let back: MoveReport =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("move.json")).unwrap()).unwrap();
         assert_eq!(back.plan, r.plan);
-        assert!(MoveConfig { rate: 0.0, ..cfg.clone() }.validate().is_err());
+        assert!(MoveConfig {
+            rate: 0.0,
+            ..cfg.clone()
+        }
+        .validate()
+        .is_err());
         assert!(MoveConfig {
             batch_keys: 1000,
             value_bytes: 1 << 20,
@@ -1280,10 +1321,7 @@ mod tests {
     #[test]
     fn default_out_dir_is_a_utc_timestamp() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
-        assert_eq!(
-            default_out_dir(t),
-            PathBuf::from("bench/results/move-20261130T005320Z")
-        );
+        assert_eq!(default_out_dir(t), PathBuf::from("bench/results/move-20261130T005320Z"));
         assert_eq!(civil_from_days(0), (1970, 1, 1));
     }
 
