@@ -10,6 +10,10 @@
 # --quick: 128 MiB and a 10 s baseline (a few minutes); default: 1 GiB and a
 # 20 s baseline. Every process started here is stopped on exit, Ctrl-C
 # included. Node logs are copied next to the report.
+#
+# Environment: BENCH_SHARDS (8), BENCH_RATE (foreground requests/s, 500),
+# BENCH_BIN_DIR (where ringkv-server and ringkv-bench are taken from;
+# default $CARGO_TARGET_DIR/release).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -947,6 +947,11 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
 
     // The shard leader now (it may have changed while loading).
     let placement = shard_now(&admin, plan.shard).await?;
+    anyhow::ensure!(
+        placement.ranges == ranges,
+        "shard {} changed its ranges while loading (split?): the loaded keys are no longer all in it",
+        plan.shard
+    );
     let plan = Plan {
         leader: placement.leader_id,
         ..plan
