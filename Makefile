@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # cargo parallelises the builds itself.
 .NOTPARALLEL:
 
-.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick jepsen
+.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick bench-move bench-move-quick jepsen
 
 all: build
 
@@ -56,6 +56,15 @@ bench-compare: build
 
 bench-compare-quick: build
 	scripts/bench-compare.sh --quick
+
+# A replica of a 1 GiB shard moved on a fresh 4-node cluster under
+# foreground load: move rate and p99 before/during, in
+# bench/results/move-<timestamp>/. bench-move-quick moves 128 MiB.
+bench-move: build
+	scripts/bench-move.sh
+
+bench-move-quick: build
+	scripts/bench-move.sh --quick
 
 # One 5-minute fault-injection run on a local 3-node cluster: the register,
 # set and counter workloads together (disjoint keys, 9 clients) under every

@@ -3,8 +3,12 @@
 //!
 //! `workload` chooses operations and keys, `backend` talks to each system,
 //! `runner` measures, `report` turns results into tables and charts.
+//! `move_shard` measures a replica move of a loaded shard under foreground
+//! load, through the Admin API (`admin`).
 
+pub mod admin;
 pub mod backend;
+pub mod move_shard;
 pub mod report;
 pub mod runner;
 pub mod workload;

@@ -1,14 +1,19 @@
-//! `ringkv-bench`: run a workload against one system, or build the
-//! comparison report from saved results. `scripts/bench-compare.sh`
-//! (`make bench-compare`) starts the clusters and calls both.
+//! `ringkv-bench`: run a workload against one system, build the
+//! comparison report from saved results, or measure a shard move.
+//! `scripts/bench-compare.sh` (`make bench-compare`) starts the clusters
+//! and calls the first two; `scripts/bench-move.sh` (`make bench-move`)
+//! starts a 4-node cluster and calls `move-shard`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Parser;
 use clap::Subcommand;
 use ringkv_bench::backend::Backend;
 use ringkv_bench::backend::Kind;
+use ringkv_bench::move_shard;
+use ringkv_bench::move_shard::MoveConfig;
 use ringkv_bench::report;
 use ringkv_bench::runner;
 use ringkv_bench::runner::RunConfig;
@@ -44,6 +49,25 @@ enum Cmd {
         /// JSON-lines file the result is appended to.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Move a replica of a loaded shard to another node under foreground
+    /// load; report the move rate and the latency before and during it.
+    MoveShard {
+        /// Node addresses, comma separated (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053")]
+        endpoints: String,
+        /// Bearer token of the Admin API, when the cluster requires one.
+        #[arg(long, env = "RINGKV_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// File holding the Admin token (instead of --admin-token).
+        #[arg(long, conflicts_with = "admin_token")]
+        admin_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: MoveConfig,
+        /// Folder of move.json and move.md (default:
+        /// bench/results/move-<UTC timestamp>).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
     /// Build results.json, results.md and throughput.svg from result lines.
     Report {
@@ -96,6 +120,45 @@ async fn main() -> anyhow::Result<()> {
                 let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
                 writeln!(f, "{}", serde_json::to_string(&r)?)?;
             }
+            Ok(())
+        }
+        Cmd::MoveShard {
+            endpoints,
+            admin_token,
+            admin_token_file,
+            cfg,
+            out_dir,
+        } => {
+            let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+            let token = match admin_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("read {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => admin_token,
+            };
+            let out_dir = out_dir.unwrap_or_else(|| move_shard::default_out_dir(std::time::SystemTime::now()));
+            let r = move_shard::run(&endpoints, token, cfg).await?;
+            move_shard::write_report(&r, &out_dir)?;
+            print!("{}", move_shard::markdown(&r));
+            let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+            println!(
+                "\nmove rate {:.1} MB/s (target >= {:.0}): {}",
+                r.mb_per_second,
+                r.config.target_mb_per_second,
+                verdict(r.rate_ok)
+            );
+            println!(
+                "foreground p99 {:.2} ms before, {:.2} ms during: {:.2}x (target <= {:.1}x): {}",
+                r.before.all.p99_us as f64 / 1e3,
+                r.during.all.p99_us as f64 / 1e3,
+                r.p99_ratio,
+                r.config.target_p99_ratio,
+                verdict(r.latency_ok)
+            );
+            eprintln!("report written to {}", out_dir.display());
             Ok(())
         }
         Cmd::Report { results, out_dir } => {

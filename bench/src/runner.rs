@@ -100,7 +100,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// The summary of a histogram of microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
         Self {
             count: h.len(),
             mean_us: h.mean(),
