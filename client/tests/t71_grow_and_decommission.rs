@@ -91,6 +91,35 @@ async fn wait_balanced(c: &Cluster, a: &mut AdminClient<Channel>, expected: &[u6
     }
 }
 
+/// A plain gRPC client (no routing) reads a key of every shard through
+/// every node: nodes that do not host a shard forward to its leader, also
+/// when the first replica they know of does not lead it.
+async fn every_node_serves_every_shard(c: &Cluster, nodes: &[u64]) {
+    for n in nodes {
+        let mut kv = c.kv(*n).await.expect("kv");
+        for shard in 1..=u64::from(SHARDS) {
+            let key = common::key_in_shard("t71-forward", shard, SHARDS);
+            let mut last = None;
+            for _ in 0..3 {
+                let r = kv
+                    .get(ringkv_proto::v1::GetRequest {
+                        header: None,
+                        key: key.clone(),
+                    })
+                    .await;
+                match r {
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(s) => last = Some(s),
+                }
+            }
+            assert!(last.is_none(), "node {n}, shard {shard}: {last:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grow_three_to_five_then_decommission_under_load() {
     let seed = common::seed(71);
@@ -125,6 +154,7 @@ async fn grow_three_to_five_then_decommission_under_load() {
         assert!(n.leaders >= 1, "node {} leads nothing", n.id);
     }
     load.wait_ops(300, Duration::from_secs(60)).await;
+    every_node_serves_every_shard(&c, &[1, 2, 3, 4, 5]).await;
 
     a.remove_node(c.admin_request(RemoveNodeRequest { node_id: 5 }))
         .await

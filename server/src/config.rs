@@ -83,6 +83,9 @@ pub struct RaftConfig {
     pub snapshot_logs_to_keep: u64,
     /// Largest snapshot chunk sent in one RPC.
     pub snapshot_chunk_bytes_max: u64,
+    /// Deadline of one snapshot chunk RPC; the last one includes installing
+    /// the whole snapshot on the receiver, so it must cover that.
+    pub install_snapshot_timeout_ms: u64,
     /// Most entries in one append-entries RPC.
     pub append_entries_max: u64,
     /// How long a request waits for a shard to elect a leader.
@@ -275,6 +278,7 @@ impl Default for RaftConfig {
             snapshot_logs_since_last: 10_000,
             snapshot_logs_to_keep: 1_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
+            install_snapshot_timeout_ms: 60_000,
             append_entries_max: 256,
             leader_wait_ms: 3_000,
         }
@@ -423,6 +427,9 @@ impl Config {
         }
         if r.snapshot_chunk_bytes_max < 1024 || r.snapshot_chunk_bytes_max > 64 * 1024 * 1024 {
             return bad("raft.snapshot_chunk_bytes_max must be 1 KiB..=64 MiB".into());
+        }
+        if r.install_snapshot_timeout_ms < r.election_timeout_ms_max {
+            return bad("raft.install_snapshot_timeout_ms must be >= raft.election_timeout_ms_max".into());
         }
         if r.append_entries_max == 0 {
             return bad("raft.append_entries_max must be > 0".into());

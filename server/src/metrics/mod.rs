@@ -203,7 +203,12 @@ pub fn render(node: &Node) -> String {
 /// leader, each move's progress.
 fn render_placement(node: &Node, node_label: &str, out: &mut String) {
     let layout = node.layout();
-    family(out, "ringkv_layout_epoch", "gauge", "Epoch of the cluster layout this node routes with.");
+    family(
+        out,
+        "ringkv_layout_epoch",
+        "gauge",
+        "Epoch of the cluster layout this node routes with.",
+    );
     sample(out, "ringkv_layout_epoch", node_label, layout.epoch);
     family(
         out,
@@ -241,7 +246,12 @@ fn render_placement(node: &Node, node_label: &str, out: &mut String) {
         "gauge",
         "Log entries a move's target is behind its shard leader (-1: nothing copied yet); metadata leader only.",
     );
-    let progress = node.placement.progress.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let progress = node
+        .placement
+        .progress
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for op in layout.ops.values() {
         if let Some((step, behind)) = progress.get(&op.id) {
             let labels = format!(

@@ -19,8 +19,10 @@ pub fn openraft_config(shard_id: u64, cfg: &RaftConfig) -> Result<Arc<openraft::
         heartbeat_interval: cfg.heartbeat_interval_ms,
         election_timeout_min: cfg.election_timeout_ms_min,
         election_timeout_max: cfg.election_timeout_ms_max,
-        // A snapshot chunk travels in one RPC; give it several heartbeats.
-        install_snapshot_timeout: cfg.election_timeout_ms_max.max(2_000),
+        // The last chunk's RPC also covers installing the whole snapshot on
+        // the receiver: a deadline shorter than that install makes the
+        // sender resend the entire snapshot (seen with 1 GiB shards).
+        install_snapshot_timeout: cfg.install_snapshot_timeout_ms,
         max_payload_entries: cfg.append_entries_max,
         replication_lag_threshold: cfg.snapshot_logs_since_last,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs_since_last),

@@ -44,6 +44,9 @@ pub const CLIENT_ID_BYTES: usize = 16;
 /// Version byte of scan continuation tokens.
 const CONTINUATION_V1: u8 = 1;
 
+/// Leader hints one forwarded request follows at most.
+const FORWARD_HOPS_MAX: usize = 3;
+
 pub struct KvService {
     node: Arc<Node>,
     inflight: Arc<Semaphore>,
@@ -327,54 +330,75 @@ impl KvService {
         Ok(shard)
     }
 
-    /// Forwards `req` once to the leader named in `err`, or returns `err`.
+    /// Forwards `req` to the leader named in `err`, or returns `err`. A
+    /// leader that turns out not to lead any more answers NOT_LEADER with
+    /// its own hint, which is followed too, at most [`FORWARD_HOPS_MAX`]
+    /// times (this node may only know a stale replica of a shard it does
+    /// not host). The receiving node never forwards again.
     async fn forward<Req, Resp, F, Fut>(&self, ctx: &Ctx, err: ServerError, req: Req, call: F) -> Result<Resp, Status>
     where
-        F: FnOnce(KvClient<Channel>, Request<Req>) -> Fut,
+        Req: Clone,
+        F: Fn(KvClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
-        let (leader, addr, shard_id) = match &err {
-            ServerError::NotLeader {
-                leader_id: Some(l),
-                leader_addr,
-                shard_id,
-                ..
-            } if !ctx.forwarded && *l != self.node.id => match leader_addr.clone().or_else(|| self.node.addr_of(*l)) {
-                Some(a) => (*l, a, *shard_id),
-                None => return Err(self.status(err)),
-            },
-            _ => return Err(self.status(err)),
-        };
-        let left = ctx.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(self.status(ServerError::DeadlineExceeded("no time left to forward".into())));
+        let mut err = err;
+        let mut tried = Vec::new();
+        for _ in 0..FORWARD_HOPS_MAX {
+            let (leader, addr, shard_id) = match &err {
+                ServerError::NotLeader {
+                    leader_id: Some(l),
+                    leader_addr,
+                    shard_id,
+                    ..
+                } if !ctx.forwarded && *l != self.node.id && !tried.contains(l) => {
+                    match leader_addr.clone().or_else(|| self.node.addr_of(*l)) {
+                        Some(a) => (*l, a, *shard_id),
+                        None => return Err(self.status(err)),
+                    }
+                }
+                _ => return Err(self.status(err)),
+            };
+            tried.push(leader);
+            let left = ctx.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.status(ServerError::DeadlineExceeded("no time left to forward".into())));
+            }
+            let peer = self
+                .node
+                .pool
+                .peer(leader, &addr)
+                .map_err(|e| self.status(ServerError::Internal(e)))?;
+            let grpc_max = self.node.cfg.grpc_message_bytes_max();
+            let client = KvClient::new(peer.channel.clone())
+                .max_decoding_message_size(grpc_max)
+                .max_encoding_message_size(grpc_max);
+            let mut r = Request::new(req.clone());
+            r.set_timeout(left);
+            r.metadata_mut()
+                .insert(FORWARDED_METADATA_KEY, tonic::metadata::MetadataValue::from_static("1"));
+            self.node.stats.inc(&self.node.stats.forwarded_requests);
+            match tokio::time::timeout(left, call(client, r)).await {
+                Err(_) => {
+                    return Err(self.status(ServerError::DeadlineExceeded(format!(
+                        "forwarded request to node {leader} did not answer in time"
+                    ))))
+                }
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                // The leader's own typed error: a newer leader hint is
+                // followed, anything else passes through untouched.
+                Ok(Err(status)) => match ServerError::from_status(&status) {
+                    Some((e @ ServerError::NotLeader { leader_id: Some(_), .. }, _)) => err = e,
+                    Some(_) => return Err(status),
+                    None => {
+                        return Err(self.status(ServerError::ShardUnavailable {
+                            shard_id,
+                            reason: format!("forwarding to leader {leader} at {addr} failed: {}", status.message()),
+                        }))
+                    }
+                },
+            }
         }
-        let peer = self
-            .node
-            .pool
-            .peer(leader, &addr)
-            .map_err(|e| self.status(ServerError::Internal(e)))?;
-        let grpc_max = self.node.cfg.grpc_message_bytes_max();
-        let client = KvClient::new(peer.channel.clone())
-            .max_decoding_message_size(grpc_max)
-            .max_encoding_message_size(grpc_max);
-        let mut r = Request::new(req);
-        r.set_timeout(left);
-        r.metadata_mut()
-            .insert(FORWARDED_METADATA_KEY, tonic::metadata::MetadataValue::from_static("1"));
-        self.node.stats.inc(&self.node.stats.forwarded_requests);
-        match tokio::time::timeout(left, call(client, r)).await {
-            Err(_) => Err(self.status(ServerError::DeadlineExceeded(format!(
-                "forwarded request to node {leader} did not answer in time"
-            )))),
-            Ok(Ok(resp)) => Ok(resp.into_inner()),
-            // The leader's own typed error passes through untouched.
-            Ok(Err(status)) if ServerError::from_status(&status).is_some() => Err(status),
-            Ok(Err(status)) => Err(self.status(ServerError::ShardUnavailable {
-                shard_id,
-                reason: format!("forwarding to leader {leader} at {addr} failed: {}", status.message()),
-            })),
-        }
+        Err(self.status(err))
     }
 
     async fn get_local(
