@@ -141,12 +141,17 @@ async fn split_under_load_keeps_every_key_and_both_halves_serve() {
     c.restart(leader);
 
     // Both halves in the layout, on the same replicas.
+    // The metadata group may still be electing after the restarts.
     let mut a = c.admin(4).await.expect("admin");
-    let shards = a
-        .list_shards(c.admin_request(ListShardsRequest {}))
-        .await
-        .expect("list shards")
-        .into_inner();
+    let shards = loop {
+        match a.list_shards(c.admin_request(ListShardsRequest {})).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "list shards: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
     assert!(shards.epoch > epoch_before);
     let old = shards.shards.iter().find(|s| s.id == SHARD).expect("old half").clone();
     let new = shards
@@ -207,13 +212,24 @@ async fn split_under_load_keeps_every_key_and_both_halves_serve() {
         .into_iter()
         .find(|n| !new.replicas.contains(n))
         .expect("a free node");
-    a.move_replica(c.admin_request(MoveReplicaRequest {
-        shard_id: new_shard,
-        from_node: from,
-        to_node: to,
-    }))
-    .await
-    .expect("move the new shard");
+    let mut retried = false;
+    loop {
+        let req = c.admin_request(MoveReplicaRequest {
+            shard_id: new_shard,
+            from_node: from,
+            to_node: to,
+        });
+        match a.move_replica(req).await {
+            Ok(_) => break,
+            // An earlier attempt that answered "unavailable" was recorded.
+            Err(e) if retried && e.code() == tonic::Code::FailedPrecondition => break,
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("move the new shard: {e:?}"),
+        }
+    }
     loop {
         let ops = a.list_operations(c.admin_request(ListOperationsRequest {})).await;
         if ops.is_ok_and(|o| o.into_inner().operations.is_empty()) {
