@@ -59,6 +59,9 @@ pub struct Config {
     /// Address peers and clients reach this node at. Empty = its address in
     /// `initial_cluster`, else `listen`.
     pub advertise: String,
+    /// Failure-domain label (rack, zone; empty = none). Placement keeps at
+    /// most one replica of a shard per zone while enough zones have nodes.
+    pub zone: String,
     pub raft: RaftConfig,
     pub placement: PlacementConfig,
     pub limits: LimitsConfig,
@@ -256,6 +259,7 @@ impl Default for Config {
             shards: 16,
             join: String::new(),
             advertise: String::new(),
+            zone: String::new(),
             raft: RaftConfig::default(),
             placement: PlacementConfig::default(),
             limits: LimitsConfig::default(),
@@ -370,6 +374,9 @@ impl Config {
         if self.shards == 0 || self.shards > SHARDS_MAX {
             return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));
         }
+        if let Err(e) = check_zone(&self.zone) {
+            return bad(e);
+        }
         if !self.advertise.is_empty() && self.advertise.parse::<SocketAddr>().is_err() {
             return bad(format!("advertise {:?} is not an ip:port address", self.advertise));
         }
@@ -483,6 +490,19 @@ impl Config {
     pub fn grpc_message_bytes_max(&self) -> usize {
         self.limits.batch_bytes_max + 1024 * 1024
     }
+}
+
+/// Longest zone label.
+pub const ZONE_CHARS_MAX: usize = 64;
+
+/// Checks a zone label: at most [`ZONE_CHARS_MAX`] of `[A-Za-z0-9._-]`.
+pub fn check_zone(zone: &str) -> Result<(), String> {
+    if zone.len() > ZONE_CHARS_MAX || !zone.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        return Err(format!(
+            "zone {zone:?} must be at most {ZONE_CHARS_MAX} characters of letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `1=host:port,2=host:port`.

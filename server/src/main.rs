@@ -58,6 +58,9 @@ struct Args {
     /// --initial-cluster entry, else --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// Failure-domain label (rack or zone) of this node.
+    #[arg(long, env = "RINGKV_ZONE")]
+    zone: Option<String>,
     /// How often the metadata leader checks nodes and drives moves.
     #[arg(long)]
     placement_tick_ms: Option<u64>,
@@ -143,6 +146,7 @@ impl Args {
         set!(self.shards, c.shards);
         set!(self.join, c.join);
         set!(self.advertise, c.advertise);
+        set!(self.zone, c.zone);
         set!(self.placement_tick_ms, c.placement.tick_ms);
         set!(self.moves_in_flight_max, c.placement.moves_in_flight_max);
         set!(self.node_down_replace_ms, c.placement.node_down_replace_ms);

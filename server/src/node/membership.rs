@@ -154,6 +154,7 @@ pub(super) async fn join_cluster(
         let mut req = tonic::Request::new(AddNodeRequest {
             node_id: cfg.node_id,
             addr: addr.clone(),
+            zone: cfg.zone.clone(),
         });
         if let Some(t) = admin_token {
             if let Ok(v) = format!("Bearer {t}").parse() {
@@ -777,6 +778,59 @@ impl Node {
             reason: format!("the layout kept changing during {LAYOUT_CAS_ATTEMPTS_MAX} attempts"),
         })
     }
+}
+
+/// Records this node's configured zone in the layout when it differs
+/// (bootstrap nodes, or a relabelled node), through the metadata leader.
+pub(super) async fn register_zone(node: Arc<Node>) {
+    let zone = node.cfg.zone.clone();
+    let addr = node.cfg.advertise_addr();
+    for _ in 0..JOIN_ATTEMPTS_MAX {
+        if node.layout().zone_of(node.id).unwrap_or("") == zone {
+            return;
+        }
+        if node.is_meta_leader() {
+            let id = node.id;
+            match node
+                .change_layout(|l| crate::placement::add_node(l, id, &addr, &zone))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => tracing::info!(error = %e, "recording this node's zone; retrying"),
+            }
+        } else if let Some((leader, leader_addr)) = node
+            .meta_leader()
+            .or_else(|| node.layout().meta_replicas.first().copied())
+            .and_then(|l| node.addr_of(l).map(|a| (l, a)))
+        {
+            let res = match node.pool.peer(leader, &leader_addr) {
+                Ok(peer) => {
+                    let mut req = tonic::Request::new(AddNodeRequest {
+                        node_id: node.id,
+                        addr: addr.clone(),
+                        zone: zone.clone(),
+                    });
+                    if let Some(t) = &node.admin_token {
+                        if let Ok(v) = format!("Bearer {t}").parse() {
+                            req.metadata_mut().insert("authorization", v);
+                        }
+                    }
+                    req.set_timeout(Duration::from_secs(10));
+                    AdminClient::new(peer.channel.clone())
+                        .add_node(req)
+                        .await
+                        .map(|_| ())
+                        .map_err(|s| s.message().to_string())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = res {
+                tracing::info!(error = %e, "recording this node's zone; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+    }
+    tracing::warn!(zone = %zone, "could not record this node's zone in the layout");
 }
 
 /// Keeps this node's layout current: from the local metadata replica when

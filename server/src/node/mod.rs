@@ -263,6 +263,7 @@ impl Node {
             node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
         }
         tokio::spawn(membership::sync_layout(node.clone()));
+        tokio::spawn(membership::register_zone(node.clone()));
         tokio::spawn(crate::placement::driver::run(node.clone()));
         Ok(node)
     }

@@ -63,6 +63,8 @@ pub enum PlacementError {
     NodeExists { id: u64, addr: String },
     #[error("address {addr} is already used by node {id}")]
     AddressInUse { id: u64, addr: String },
+    #[error("node {node} is in zone {zone:?}, which already holds a replica of shard {shard}")]
+    ZoneConflict { shard: u64, node: u64, zone: String },
     #[error("shard {0} has a split in flight")]
     SplitPending(u64),
     #[error("shard {shard} cannot split: {why}")]
@@ -135,6 +137,26 @@ pub fn start_move(
         }
         Ok(())
     })
+}
+
+/// Refuses an operator's move that would put two replicas of the shard in
+/// one zone while enough zones exist (the planner never does that either;
+/// it only accepts it to keep three replicas when a node is gone).
+pub fn check_zones_of_move(layout: &ClusterLayout, shard: u64, from: u64, to: u64) -> Result<(), PlacementError> {
+    let info = layout.shards.get(&shard).ok_or(PlacementError::UnknownShard(shard))?;
+    let zones = zones_among(
+        layout,
+        layout.nodes.keys().copied().filter(|n| !layout.draining.contains(n)),
+    );
+    if zone_ok(layout, info, to, Some(from), zones) {
+        Ok(())
+    } else {
+        Err(PlacementError::ZoneConflict {
+            shard,
+            node: to,
+            zone: layout.zone_of(to).unwrap_or("").to_string(),
+        })
+    }
 }
 
 /// The layout after move `op_id` completed: `to` replaces `from`.
@@ -280,13 +302,33 @@ pub fn plan_split(layout: &ClusterLayout, sizes: &BTreeMap<u64, u64>, split_byte
         .map(|(s, _)| *s)
 }
 
-/// Adds a node (idempotent for the same id and address).
-pub fn add_node(layout: &ClusterLayout, id: u64, addr: &str) -> Result<Option<ClusterLayout>, PlacementError> {
+/// Adds a node (idempotent for the same id, address and zone); `zone`
+/// (empty = none) labels it, and relabels a node that is already a member.
+pub fn add_node(
+    layout: &ClusterLayout,
+    id: u64,
+    addr: &str,
+    zone: &str,
+) -> Result<Option<ClusterLayout>, PlacementError> {
+    let set_zone = |l: &mut ClusterLayout| {
+        if zone.is_empty() {
+            l.zones.remove(&id);
+        } else {
+            l.zones.insert(id, zone.to_string());
+        }
+    };
     if let Some(a) = layout.nodes.get(&id) {
-        if a == addr {
+        if a != addr {
+            return Err(PlacementError::NodeExists { id, addr: a.clone() });
+        }
+        if layout.zone_of(id).unwrap_or("") == zone {
             return Ok(None);
         }
-        return Err(PlacementError::NodeExists { id, addr: a.clone() });
+        return next_layout(layout, |l| {
+            set_zone(l);
+            Ok(())
+        })
+        .map(Some);
     }
     if let Some((other, _)) = layout.nodes.iter().find(|(_, a)| a.as_str() == addr) {
         return Err(PlacementError::AddressInUse {
@@ -296,9 +338,37 @@ pub fn add_node(layout: &ClusterLayout, id: u64, addr: &str) -> Result<Option<Cl
     }
     next_layout(layout, |l| {
         l.nodes.insert(id, addr.to_string());
+        set_zone(l);
         Ok(())
     })
     .map(Some)
+}
+
+/// A node's failure domain for placement: its zone label, or the node
+/// itself when it has none (so unlabeled nodes never constrain).
+fn zone_key(layout: &ClusterLayout, node: u64) -> String {
+    match layout.zone_of(node) {
+        Some(z) => format!("zone:{z}"),
+        None => format!("node:{node}"),
+    }
+}
+
+/// Distinct failure domains among `nodes`.
+fn zones_among(layout: &ClusterLayout, nodes: impl Iterator<Item = u64>) -> usize {
+    nodes.map(|n| zone_key(layout, n)).collect::<BTreeSet<_>>().len()
+}
+
+/// Whether a replica of `shard` on `to` (with `leaving` moving away) shares
+/// no zone with the shard's other members, or sharing cannot be avoided
+/// because fewer than [`REPLICATION_FACTOR`] zones (`zones_available`)
+/// can take replicas.
+fn zone_ok(layout: &ClusterLayout, shard: &ShardInfo, to: u64, leaving: Option<u64>, zones_available: usize) -> bool {
+    let key = zone_key(layout, to);
+    let shared = shard
+        .members()
+        .filter(|m| Some(*m) != leaving && *m != to)
+        .any(|m| zone_key(layout, m) == key);
+    !shared || zones_available < REPLICATION_FACTOR
 }
 
 /// Starts decommissioning `node`: its replicas move away, then it leaves.
@@ -471,11 +541,16 @@ pub fn plan_moves(
             .filter(|n| up.contains(n) && !down.contains(n) && !l.draining.contains(n))
             .collect()
     };
-    // Add a planned move to the scratch layout so later choices see it.
-    let record = |l: &mut ClusterLayout, m: PlannedMove, out: &mut Vec<PlannedMove>| {
-        if let Ok(next) = start_move(l, m.shard, m.from, m.to, m.reason, 0) {
-            *l = next;
-            out.push(m);
+    // Add a planned move to the scratch layout so later choices see it;
+    // false when the layout refuses it (then planning stops for this tick).
+    let record = |l: &mut ClusterLayout, m: PlannedMove, out: &mut Vec<PlannedMove>| -> bool {
+        match start_move(l, m.shard, m.from, m.to, m.reason, 0) {
+            Ok(next) => {
+                *l = next;
+                out.push(m);
+                true
+            }
+            Err(_) => false,
         }
     };
     loop {
@@ -483,11 +558,15 @@ pub fn plan_moves(
             return out;
         }
         let load = load_per_node(&l);
-        let least_loaded_for = |l: &ClusterLayout, shard: u64| -> Option<u64> {
+        let zones = zones_among(&l, receivers(&l).into_iter());
+        // The least loaded receiver that may hold a replica of `shard`
+        // while `leaving` moves away.
+        let least_loaded_for = |l: &ClusterLayout, shard: u64, leaving: u64| -> Option<u64> {
             let info = l.shards.get(&shard)?;
             receivers(l)
                 .into_iter()
                 .filter(|n| !info.members().any(|m| m == *n))
+                .filter(|n| zone_ok(l, info, *n, Some(leaving), zones))
                 .min_by_key(|n| (load.get(n).copied().unwrap_or(0), *n))
         };
         // Shards without an operation, with a replica on a node that must
@@ -509,10 +588,19 @@ pub fn plan_moves(
             Some((s.id, from))
         });
         if let Some((shard, (from, reason))) = evacuate {
-            let Some(to) = least_loaded_for(&l, shard) else {
+            // Three replicas matter more than the zone spread: fall back to
+            // any receiver (the spread is repaired once a zone has room).
+            let any_receiver = || {
+                let info = l.shards.get(&shard)?;
+                receivers(&l)
+                    .into_iter()
+                    .filter(|n| !info.members().any(|m| m == *n))
+                    .min_by_key(|n| (load.get(n).copied().unwrap_or(0), *n))
+            };
+            let Some(to) = least_loaded_for(&l, shard, from).or_else(any_receiver) else {
                 return out; // nowhere to go; try again when a node appears
             };
-            record(
+            if !record(
                 &mut l,
                 PlannedMove {
                     shard,
@@ -521,42 +609,80 @@ pub fn plan_moves(
                     reason,
                 },
                 &mut out,
-            );
+            ) {
+                return out;
+            }
             continue;
+        }
+        // Two replicas of a shard in one zone while another zone could
+        // take one: move the one on the busier node.
+        if zones >= REPLICATION_FACTOR {
+            let spread = l.shards.values().filter(|s| !l.busy(s.id)).find_map(|s| {
+                let mut dup: Vec<u64> = s
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| {
+                        s.replicas
+                            .iter()
+                            .any(|o| o != r && zone_key(&l, *o) == zone_key(&l, *r))
+                    })
+                    .collect();
+                dup.sort_by_key(|r| std::cmp::Reverse((load.get(r).copied().unwrap_or(0), *r)));
+                dup.into_iter()
+                    .find_map(|from| least_loaded_for(&l, s.id, from).map(|to| (s.id, from, to)))
+            });
+            if let Some((shard, from, to)) = spread {
+                let m = PlannedMove {
+                    shard,
+                    from,
+                    to,
+                    reason: "zone spread",
+                };
+                if !record(&mut l, m, &mut out) {
+                    return out;
+                }
+                continue;
+            }
         }
         if !l.rebalance_enabled {
             return out;
         }
-        let rs = receivers(&l);
-        let Some(min_node) = rs.iter().copied().min_by_key(|n| (load[n], *n)) else {
-            return out;
-        };
-        let min = load[&min_node];
-        // The most loaded node that has a shard the least loaded lacks.
+        // From the most loaded node to the least loaded one that may take
+        // one of its shards, while their counts differ by more than one.
+        let mut targets: Vec<u64> = receivers(&l);
+        targets.sort_by_key(|n| (load[n], *n));
         let mut sources: Vec<(usize, u64)> = load
             .iter()
             .filter(|(n, _)| !down.contains(n))
             .map(|(n, c)| (*c, *n))
             .collect();
         sources.sort_by(|a, b| b.cmp(a));
-        let pick = sources.iter().filter(|(c, _)| *c > min + 1).find_map(|(_, from)| {
-            l.shards
-                .values()
-                .filter(|s| !l.busy(s.id))
-                .find(|s| s.replicas.contains(from) && !s.members().any(|m| m == min_node))
-                .map(|s| (s.id, *from))
+        let pick = sources.iter().find_map(|(from_load, from)| {
+            targets.iter().filter(|to| load[to] + 1 < *from_load).find_map(|to| {
+                l.shards
+                    .values()
+                    .filter(|s| !l.busy(s.id))
+                    .find(|s| {
+                        s.replicas.contains(from)
+                            && !s.members().any(|m| m == *to)
+                            && zone_ok(&l, s, *to, Some(*from), zones)
+                    })
+                    .map(|s| (s.id, *from, *to))
+            })
         });
         match pick {
-            Some((shard, from)) => record(
-                &mut l,
-                PlannedMove {
+            Some((shard, from, to)) => {
+                let m = PlannedMove {
                     shard,
                     from,
-                    to: min_node,
+                    to,
                     reason: "rebalance",
-                },
-                &mut out,
-            ),
+                };
+                if !record(&mut l, m, &mut out) {
+                    return out;
+                }
+            }
             None => return out,
         }
     }
@@ -765,7 +891,9 @@ mod tests {
     fn growing_from_three_to_five_balances_within_one() {
         let mut l = ClusterLayout::bootstrap(&nodes(3), 16);
         for id in [4, 5] {
-            l = add_node(&l, id, &format!("127.0.0.1:{}", 50050 + id)).unwrap().unwrap();
+            l = add_node(&l, id, &format!("127.0.0.1:{}", 50050 + id), "")
+                .unwrap()
+                .unwrap();
         }
         assert!(!is_balanced(&l));
         let (l, moves) = settle(l, &all(5), &BTreeSet::new());
@@ -803,7 +931,7 @@ mod tests {
     fn plans_respect_the_bound_and_never_double_a_replica() {
         let mut l = ClusterLayout::bootstrap(&nodes(3), 32);
         for id in 4..=7 {
-            l = add_node(&l, id, &format!("a{id}")).unwrap().unwrap();
+            l = add_node(&l, id, &format!("a{id}"), "").unwrap().unwrap();
         }
         let plan = plan_moves(&l, &all(7), &BTreeSet::new(), 3);
         assert_eq!(plan.len(), 3);
@@ -869,18 +997,83 @@ mod tests {
         assert_eq!(plan_split(&s, &sizes, 100), None, "busy shards are not split again");
     }
 
+    fn zoned(n: u64, zones: &[&str]) -> ClusterLayout {
+        let mut l = ClusterLayout::bootstrap(&nodes(n), 12);
+        for id in 1..=n {
+            let z = zones[(id as usize - 1) % zones.len()];
+            l = add_node(&l, id, &l.nodes[&id].clone(), z).unwrap().unwrap();
+        }
+        l
+    }
+
+    fn zones_of(l: &ClusterLayout, s: &ShardInfo) -> BTreeSet<String> {
+        s.replicas.iter().map(|r| zone_key(l, *r)).collect()
+    }
+
+    #[test]
+    fn replicas_spread_one_per_zone_when_zones_allow() {
+        // Six nodes in three zones, two each: round-robin puts some shards
+        // twice in one zone.
+        let l = zoned(6, &["a", "a", "b", "b", "c", "c"]);
+        assert!(l.shards.values().any(|s| zones_of(&l, s).len() < 3));
+        let (l, moves) = settle(l, &all(6), &BTreeSet::new());
+        assert!(moves > 0);
+        for s in l.shards.values() {
+            assert_eq!(zones_of(&l, s).len(), 3, "shard {} has {:?}", s.id, s.replicas);
+        }
+        assert!(is_balanced(&l), "{:?}", load_per_node(&l));
+        // Operators cannot break the spread either.
+        let s = l.shards.values().next().unwrap().clone();
+        let from = s.replicas[0];
+        let same_zone_free = (1..=6).find(|n| !s.replicas.contains(n) && l.zone_of(*n) == l.zone_of(s.replicas[1]));
+        if let Some(to) = same_zone_free {
+            assert!(matches!(
+                check_zones_of_move(&l, s.id, from, to),
+                Err(PlacementError::ZoneConflict { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_dead_nodes_replicas_are_recreated_even_if_zones_then_repeat() {
+        // Zone b has only node 2; when it dies, three replicas matter more.
+        let l = zoned(4, &["a", "b", "c", "a"]);
+        let up: BTreeSet<u64> = [1, 3, 4].into();
+        let (l, _) = settle(l, &up, &[2].into());
+        assert!(l
+            .shards
+            .values()
+            .all(|s| s.replicas.len() == 3 && !s.replicas.contains(&2)));
+    }
+
+    #[test]
+    fn fewer_zones_than_replicas_still_places_and_converges() {
+        let l = zoned(4, &["a", "b"]);
+        let (l, _) = settle(l, &all(4), &BTreeSet::new());
+        assert!(is_balanced(&l));
+        let l = drain_node(&l, 4).unwrap().unwrap();
+        let (l, _) = settle(l, &all(4), &BTreeSet::new());
+        assert!(l
+            .shards
+            .values()
+            .all(|s| s.replicas.len() == 3 && !s.replicas.contains(&4)));
+    }
+
     #[test]
     fn joins_are_idempotent_and_conflicts_refused() {
         let l = ClusterLayout::bootstrap(&nodes(3), 2);
-        let l2 = add_node(&l, 4, "h:4").unwrap().unwrap();
-        assert_eq!(add_node(&l2, 4, "h:4"), Ok(None));
+        let l2 = add_node(&l, 4, "h:4", "").unwrap().unwrap();
+        assert_eq!(add_node(&l2, 4, "h:4", ""), Ok(None));
         assert!(matches!(
-            add_node(&l2, 4, "h:5"),
+            add_node(&l2, 4, "h:5", ""),
             Err(PlacementError::NodeExists { .. })
         ));
         assert!(matches!(
-            add_node(&l2, 5, "h:4"),
+            add_node(&l2, 5, "h:4", ""),
             Err(PlacementError::AddressInUse { .. })
         ));
+        let l3 = add_node(&l2, 4, "h:4", "eu-1").unwrap().unwrap();
+        assert_eq!(l3.zone_of(4), Some("eu-1"));
+        assert_eq!(add_node(&l3, 4, "h:4", "eu-1"), Ok(None));
     }
 }

@@ -114,6 +114,8 @@ pub struct ClusterLayout {
     pub splits: BTreeMap<u64, SplitOp>,
     /// Id the next shard created by a split gets.
     pub next_shard_id: u64,
+    /// Failure-domain label of each node that has one.
+    pub zones: BTreeMap<u64, String>,
 }
 
 /// Errors in a layout; they indicate a bug or corrupt metadata.
@@ -177,6 +179,7 @@ impl ClusterLayout {
             rebalance_enabled: true,
             splits: BTreeMap::new(),
             next_shard_id: u64::from(shard_count) + 1,
+            zones: BTreeMap::new(),
         };
         debug_assert_eq!(layout.check(), Ok(()));
         layout
@@ -206,6 +209,11 @@ impl ClusterLayout {
     /// The in-flight move of `shard`, if any.
     pub fn op_of(&self, shard: u64) -> Option<&MoveOp> {
         self.ops.values().find(|o| o.shard == shard)
+    }
+
+    /// The zone label of `node`, if it has one.
+    pub fn zone_of(&self, node: u64) -> Option<&str> {
+        self.zones.get(&node).map(String::as_str)
     }
 
     /// Whether `shard` has a move or a split in flight.

@@ -393,6 +393,7 @@ impl Admin for AdminService {
                         metadata_member: l.meta_replicas.contains(id),
                         replicas: l.shards_on(*id).count() as u64,
                         leaders: leaders.get(id).map_or(0, |s| s.len() as u64),
+                        zone: l.zone_of(*id).unwrap_or("").to_string(),
                     })
                     .collect();
                 Ok(ListNodesResponse {
@@ -445,6 +446,9 @@ impl Admin for AdminService {
                         req.node_id
                     )));
                 }
+                if let Err(e) = crate::config::check_zone(&req.zone) {
+                    return Err(ServerError::InvalidArgument(e));
+                }
                 if req.addr.parse::<std::net::SocketAddr>().is_err() {
                     return Err(ServerError::InvalidArgument(format!(
                         "address {:?} is not ip:port",
@@ -453,7 +457,7 @@ impl Admin for AdminService {
                 }
                 let before = node.committed_layout().await?.epoch;
                 let l = node
-                    .change_layout(|l| crate::placement::add_node(l, req.node_id, &req.addr))
+                    .change_layout(|l| crate::placement::add_node(l, req.node_id, &req.addr, &req.zone))
                     .await?;
                 tracing::info!(node = req.node_id, addr = %req.addr, epoch = l.epoch, "node added to the layout");
                 Ok(AddNodeResponse {
@@ -491,6 +495,7 @@ impl Admin for AdminService {
                 let now = crate::node::now_ms();
                 let l = node
                     .change_layout(|l| {
+                        crate::placement::check_zones_of_move(l, req.shard_id, req.from_node, req.to_node)?;
                         crate::placement::start_move(l, req.shard_id, req.from_node, req.to_node, "operator", now)
                             .map(Some)
                     })
