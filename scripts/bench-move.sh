@@ -12,6 +12,7 @@
 # included. Node logs are copied next to the report.
 #
 # Environment: BENCH_SHARDS (8), BENCH_RATE (foreground requests/s, 500),
+# BENCH_SERVER_ARGS (extra ringkv-server flags, split on spaces),
 # BENCH_BIN_DIR (where ringkv-server and ringkv-bench are taken from;
 # default $CARGO_TARGET_DIR/release).
 set -euo pipefail
@@ -59,10 +60,11 @@ BENCH=$WORK/ringkv-bench
 
 # Ports away from the playground (5005x) and bench-compare (5106x).
 RK=(127.0.0.1:51071 127.0.0.1:51072 127.0.0.1:51073 127.0.0.1:51074)
+read -ra SERVER_ARGS <<<"${BENCH_SERVER_ARGS:-}"
 INITIAL="1=${RK[0]},2=${RK[1]},3=${RK[2]},4=${RK[3]}"
 for i in 0 1 2 3; do
     "$SERVER" --node-id $((i + 1)) --listen "${RK[$i]}" --data-dir "$WORK/node$((i + 1))" \
-        --initial-cluster "$INITIAL" --shards "$SHARDS" >"$WORK/node$((i + 1)).log" 2>&1 &
+        --initial-cluster "$INITIAL" --shards "$SHARDS" "${SERVER_ARGS[@]}" >"$WORK/node$((i + 1)).log" 2>&1 &
     PIDS+=($!)
 done
 RK_EP=$(IFS=,; echo "${RK[*]}")

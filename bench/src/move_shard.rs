@@ -77,6 +77,8 @@ const LOAD_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 const FOREGROUND_TIMEOUT: Duration = Duration::from_secs(30);
 /// A foreground arrival started this late counts as missed (still measured).
 const MISSED_AFTER: Duration = Duration::from_secs(1);
+/// Width of one window of the foreground timeline during the move.
+pub const TIMELINE_WINDOW_MS: u64 = 500;
 /// Consecutive failed polls of the move's progress before giving up.
 const POLL_FAILURES_MAX: u32 = 50;
 
@@ -447,6 +449,10 @@ struct Tally {
     hists: BTreeMap<(Phase, Class, bool), Histogram<u64>>,
     errors: BTreeMap<Phase, u64>,
     missed: BTreeMap<Phase, u64>,
+    /// Successful requests of the move phase by [`TIMELINE_WINDOW_MS`]
+    /// window of their intended start (counted from the move's start):
+    /// (requests, slowest latency in microseconds).
+    windows: BTreeMap<u64, (u64, u64)>,
 }
 
 impl Tally {
@@ -463,6 +469,11 @@ impl Tally {
         }
         for (p, n) in other.missed {
             *self.missed.entry(p).or_default() += n;
+        }
+        for (w, (n, max_us)) in other.windows {
+            let e = self.windows.entry(w).or_default();
+            e.0 += n;
+            e.1 = e.1.max(max_us);
         }
         Ok(())
     }
@@ -544,6 +555,15 @@ async fn foreground(
                             .entry((phase, class, read))
                             .or_insert_with(histogram)
                             .saturating_record(us);
+                        if phase == Phase::During {
+                            let since_move = intended.saturating_sub(clock.during_from.load(Ordering::Acquire));
+                            let e = out
+                                .windows
+                                .entry(since_move / 1_000_000 / TIMELINE_WINDOW_MS)
+                                .or_default();
+                            e.0 += 1;
+                            e.1 = e.1.max(us);
+                        }
                     }
                     Err(e) => {
                         if *out.errors.entry(phase).or_default() == 0 {
@@ -624,6 +644,15 @@ pub fn breakdown(samples: &[Sample]) -> Breakdown {
     b
 }
 
+/// One [`TIMELINE_WINDOW_MS`] window of the foreground load during the
+/// move, by intended start counted from `MoveReplica`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Window {
+    pub from_ms: u64,
+    pub requests: u64,
+    pub max_ms: f64,
+}
+
 /// Foreground latency of one phase.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PhaseLatency {
@@ -662,6 +691,10 @@ pub struct MoveReport {
     pub latency_ok: bool,
     pub breakdown: Breakdown,
     pub samples: Vec<Sample>,
+    /// The slowest foreground request of each window during the move: it
+    /// shows which step of the move the latency comes from.
+    #[serde(default)]
+    pub timeline: Vec<Window>,
     /// `uptime` load averages when the move finished (Linux only).
     pub load_average: Option<String>,
 }
@@ -783,6 +816,24 @@ pub fn markdown(r: &MoveReport) -> String {
             );
         }
     }
+    // Windows whose slowest request took more than 3x the baseline p99.
+    let slow_ms = 3.0 * ms(r.before.all.p99_us);
+    let slow: Vec<String> = r
+        .timeline
+        .iter()
+        .filter(|w| w.max_ms > slow_ms)
+        .map(|w| format!("{:.1} s: {:.0} ms", w.from_ms as f64 / 1000.0, w.max_ms))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nslow {TIMELINE_WINDOW_MS} ms windows during the move (slowest request > {slow_ms:.1} ms, by \
+         intended start after MoveReplica): {}",
+        if slow.is_empty() {
+            "none".to_string()
+        } else {
+            slow.join(", ")
+        }
+    );
     s
 }
 
@@ -1053,6 +1104,15 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
         latency_ok: p99_ratio <= cfg.target_p99_ratio,
         breakdown: breakdown(&samples),
         samples,
+        timeline: tally
+            .windows
+            .iter()
+            .map(|(w, (n, max_us))| Window {
+                from_ms: w * TIMELINE_WINDOW_MS,
+                requests: *n,
+                max_ms: ms(*max_us),
+            })
+            .collect(),
         before,
         during,
         load_average: load_average(),
@@ -1290,6 +1350,18 @@ mod tests {
             latency_ok: true,
             breakdown: breakdown(&[sample(0, "catch_up", 0, 0), sample(1000, "done", 5, 1)]),
             samples: vec![],
+            timeline: vec![
+                Window {
+                    from_ms: 0,
+                    requests: 250,
+                    max_ms: 5.0,
+                },
+                Window {
+                    from_ms: 500,
+                    requests: 240,
+                    max_ms: 20.0,
+                },
+            ],
             load_average: Some("1.00 1.00 1.00".into()),
             config: cfg.clone(),
         };
@@ -1303,6 +1375,8 @@ mod tests {
             md.contains("| all | during | 100 | 1.00 | 10.00 | 20.00 | 0 | 2.50x |"),
             "{md}"
         );
+        // Only the window slower than 3x the baseline p99 (4 ms) is listed.
+        assert!(md.contains("intended start after MoveReplica): 0.5 s: 20 ms\n"), "{md}");
         let dir = tempfile::tempdir().unwrap();
         write_report(&r, dir.path()).unwrap();
         let back: MoveReport =
