@@ -38,6 +38,9 @@ pub const CF_DATA: &str = "data";
 pub const CF_KEY_INDEX: &str = "key_index";
 pub const CF_META: &str = "meta";
 const ALL_CFS: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_DATA, CF_KEY_INDEX, CF_META];
+/// Growing files (SSTs, WAL, received snapshots) are written back to disk
+/// every this many bytes rather than in one sync at the end.
+pub const SYNC_EVERY_BYTES: u64 = 1024 * 1024;
 
 /// Column family selector that can travel between threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,9 @@ pub struct Db {
     /// The data directory (RocksDB lives in `rocksdb/` below it, snapshot
     /// files in `snapshots/`).
     root: std::path::PathBuf,
+    /// Column-family options, for SST files written outside the database
+    /// and ingested (snapshot installs).
+    cf_opts: Options,
 }
 
 impl std::fmt::Debug for Db {
@@ -107,18 +113,26 @@ impl Db {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(2);
         db_opts.set_keep_log_file_num(4);
-        let cfs = ALL_CFS.iter().map(|name| {
-            let mut o = Options::default();
-            o.set_block_based_table_factory(&table);
-            o.set_write_buffer_size(cfg.write_buffer_bytes);
-            o.set_max_write_buffer_number(2);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            ColumnFamilyDescriptor::new(*name, o)
-        });
+        // Write SST and WAL files back to disk as they grow instead of in
+        // one fsync at the end: a flush or compaction of hundreds of MiB
+        // (a snapshot install) would otherwise hold every other fsync on
+        // the filesystem, the Raft log's group commits included, for the
+        // length of that one big sync.
+        db_opts.set_bytes_per_sync(SYNC_EVERY_BYTES);
+        db_opts.set_wal_bytes_per_sync(SYNC_EVERY_BYTES);
+        let mut cf_opts = Options::default();
+        cf_opts.set_block_based_table_factory(&table);
+        cf_opts.set_write_buffer_size(cfg.write_buffer_bytes);
+        cf_opts.set_max_write_buffer_number(2);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, cf_opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, dir.join("rocksdb"), cfs)?;
         Ok(Arc::new(Self {
             db,
             root: dir.to_path_buf(),
+            cf_opts,
         }))
     }
 
@@ -164,6 +178,43 @@ impl Db {
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Writes a batch to the memtables only, not the WAL: for bulk loads
+    /// (snapshot installs) that are redone after a crash anyway and made
+    /// durable with [`Db::flush`] before anything depends on them.
+    pub fn write_without_wal(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        Ok(self.db.write_opt(batch, &opts)?)
+    }
+
+    /// Flushes the memtables of `cfs` to SST files and waits for it: makes
+    /// writes done without the WAL durable.
+    pub fn flush(&self, cfs: &[Cf]) -> Result<(), StorageError> {
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        let handles: Vec<&ColumnFamily> = cfs.iter().map(|c| self.cf(*c)).collect();
+        Ok(self.db.flush_cfs_opt(&handles, &opts)?)
+    }
+
+    /// Options for SST files built outside the database to be ingested.
+    pub fn sst_options(&self) -> &Options {
+        &self.cf_opts
+    }
+
+    /// Moves SST files built with [`Db::sst_options`] into `cf`. The files
+    /// must not overlap each other; their data becomes newer than anything
+    /// already in `cf`, and durable, when this returns.
+    pub fn ingest(&self, cf: Cf, paths: &[std::path::PathBuf]) -> Result<(), StorageError> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut opts = rocksdb::IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        Ok(self
+            .db
+            .ingest_external_file_cf_opts(self.cf(cf), &opts, paths.to_vec())?)
     }
 
     /// Writes a batch without waiting for the WAL to reach disk. Used by the

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::keys;
 use super::snapshot::RecordTag;
@@ -19,6 +20,17 @@ use super::StorageError;
 use crate::raft::types::encode;
 use crate::ring::ClusterLayout;
 use crate::ring::TokenRange;
+
+/// How often a snapshot being received is checked for new bytes to write
+/// back (see [`start_writeback`]).
+const WRITEBACK_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+/// Bytes a received snapshot may grow by before they are synced.
+const WRITEBACK_BYTES: u64 = 4 * super::SYNC_EVERY_BYTES;
+
+/// Prefix of the SST files an install builds for ingestion.
+const INGEST_PREFIX: &str = "ingest-";
+/// Largest SST file an install builds before it starts the next one.
+const INGEST_FILE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Prefix of a snapshot being received.
 const INCOMING_PREFIX: &str = "incoming-";
@@ -76,6 +88,19 @@ impl SnapshotFiles {
             .map_err(|e| io("sync", &self.dir, e))
     }
 
+    /// Deletes SST files an install built and did not ingest (a crash or
+    /// an error half way).
+    pub fn remove_ingest_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(INGEST_PREFIX) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Deletes every file but `keep` (old snapshots, abandoned transfers).
     /// Open handles stay readable: followers being sent an old snapshot
     /// finish their transfer.
@@ -92,6 +117,117 @@ impl SnapshotFiles {
             }
         }
     }
+}
+
+/// SST files of sorted key/value pairs for [`super::Db::ingest`], built in
+/// the shard's snapshot folder. An install writes a shard's data this way
+/// instead of through the memtables: a gigabyte of puts would fill the
+/// small memtables over and over and stall every write of the node (the
+/// Raft logs of all its shards share the database) until flushes and L0
+/// compactions catch up.
+pub struct IngestFiles<'a> {
+    files: &'a SnapshotFiles,
+    opts: &'a rocksdb::Options,
+    writer: Option<rocksdb::SstFileWriter<'a>>,
+    last_key: Vec<u8>,
+    done: Vec<PathBuf>,
+    current: Option<PathBuf>,
+}
+
+impl<'a> IngestFiles<'a> {
+    /// Removes files a crashed install left behind, then starts empty.
+    pub fn new(files: &'a SnapshotFiles, opts: &'a rocksdb::Options) -> Self {
+        files.remove_ingest_files();
+        Self {
+            files,
+            opts,
+            writer: None,
+            last_key: Vec::new(),
+            done: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Adds one pair. Keys must increase within a run; a key that does not
+    /// (the next token range of the snapshot) starts a new file, as does a
+    /// full one. Files never overlap as long as the runs do not, which holds
+    /// for disjoint token ranges.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let rotate = match &self.writer {
+            None => true,
+            Some(w) => key <= self.last_key.as_slice() || w.file_size() >= INGEST_FILE_BYTES_MAX,
+        };
+        if rotate {
+            self.finish_current()?;
+            let name = format!("{INGEST_PREFIX}{}-{}.sst", self.done.len(), unique_suffix());
+            let path = self.files.path(&name);
+            let w = rocksdb::SstFileWriter::create(self.opts);
+            w.open(&path)
+                .map_err(|e| io("create", &path, std::io::Error::other(e.into_string())))?;
+            self.writer = Some(w);
+            self.current = Some(path);
+        }
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| StorageError::Rocks("no SST writer".into()))?;
+        w.put(key, value)?;
+        self.last_key.clear();
+        self.last_key.extend_from_slice(key);
+        Ok(())
+    }
+
+    fn finish_current(&mut self) -> Result<(), StorageError> {
+        if let (Some(mut w), Some(path)) = (self.writer.take(), self.current.take()) {
+            w.finish()?;
+            self.done.push(path);
+        }
+        Ok(())
+    }
+
+    /// The finished files, in key order.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>, StorageError> {
+        self.finish_current()?;
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
+/// Keeps a [`start_writeback`] task running; dropping it stops the task.
+#[derive(Debug)]
+pub struct WritebackGuard {
+    _alive: Arc<()>,
+}
+
+/// Writes a file that is being received back to disk every few MiB while
+/// it grows, from a background task, until the guard is dropped. Without
+/// it the whole snapshot (a gigabyte for a large shard) sits in the page
+/// cache until the install's one `fsync`, which then holds every other
+/// fsync on the filesystem (Raft log appends of all shards) for as long as
+/// it takes. Errors are left to that final fsync, which reports them.
+pub fn start_writeback(file: File) -> WritebackGuard {
+    let alive = Arc::new(());
+    let weak = Arc::downgrade(&alive);
+    let file = Arc::new(file);
+    tokio::spawn(async move {
+        let mut synced = 0u64;
+        loop {
+            tokio::time::sleep(WRITEBACK_TICK).await;
+            if weak.upgrade().is_none() {
+                return;
+            }
+            let len = file.metadata().map_or(0, |m| m.len());
+            if len < synced + WRITEBACK_BYTES {
+                continue;
+            }
+            let f = file.clone();
+            match tokio::task::spawn_blocking(move || f.sync_data()).await {
+                Ok(Ok(())) => synced = len,
+                // The final fsync of the install reports real errors.
+                _ => return,
+            }
+        }
+    });
+    WritebackGuard { _alive: alive }
 }
 
 fn unique_suffix() -> String {

@@ -120,6 +120,8 @@ pub struct ShardStateMachine {
     files: SnapshotFiles,
     /// The file the snapshot being received is written to.
     receiving: Option<String>,
+    /// Writes that file back to disk while it is received.
+    receiving_writeback: Option<snapshot_files::WritebackGuard>,
 }
 
 impl ShardStateMachine {
@@ -153,6 +155,7 @@ impl ShardStateMachine {
             layout_tx,
             files,
             receiving: None,
+            receiving_writeback: None,
         };
         // A crash in the middle of installing a snapshot: finish the job
         // from the file before anyone reads this shard.
@@ -608,14 +611,20 @@ impl ShardStateMachine {
 
         let mut clock_ms = 0;
         let mut layout = None;
-        let mut overlay = Overlay::default();
+        // The data goes to SST files that are ingested at the end; the key
+        // index, sessions and deletions (small) go through write batches.
+        let db = self.db.clone();
+        let mut ingest = snapshot_files::IngestFiles::new(&self.files, db.sst_options());
         let records = first
             .into_iter()
             .chain(std::iter::from_fn(|| reader.next_record().transpose()));
         for record in records {
             let (tag, k, v) = record.map_err(|e| rd(e.to_string()))?;
             match tag {
-                RecordTag::Data => self.put(&mut batch, &mut overlay, &k, &v),
+                RecordTag::Data => {
+                    ingest.put(&keys::data_key(token_of(&k), &k), &v).map_err(wr)?;
+                    batch.put_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, &k), b"");
+                }
                 RecordTag::Ranges => return Err(rd("snapshot ranges record out of place".into())),
                 RecordTag::Session => {
                     let id: [u8; 16] = k[..]
@@ -635,12 +644,22 @@ impl ShardStateMachine {
                     layout = Some(l);
                 }
             }
-            // The overlay only serves reads within one apply; drop it here.
-            overlay.data.clear();
             if batch.size_in_bytes() >= INSTALL_BATCH_BYTES_MAX {
-                self.db.write_unsynced(std::mem::take(&mut batch)).map_err(wr)?;
+                self.db.write_without_wal(std::mem::take(&mut batch)).map_err(wr)?;
             }
         }
+        // The batches went to the memtables without the WAL, so the WAL is
+        // not written twice and no client write's sync waits for them. The
+        // data is ingested after the deletions (so it is newer than them),
+        // then the rest is flushed to SST files, all before the batch below
+        // records the install as done: until then the install marker makes
+        // a restart redo it from the file.
+        self.db.write_without_wal(std::mem::take(&mut batch)).map_err(wr)?;
+        let sst = ingest.finish().map_err(wr)?;
+        let ingested = self.db.ingest(Cf::Data, &sst);
+        self.files.remove_ingest_files();
+        ingested.map_err(wr)?;
+        self.db.flush(&[Cf::Data, Cf::KeyIndex, Cf::Meta]).map_err(wr)?;
         self.state = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -665,6 +684,17 @@ impl ShardStateMachine {
             self.layout_tx.send_replace(layout);
         }
         Ok(())
+    }
+}
+
+/// Runs a long synchronous job (checking or installing a snapshot of a
+/// large shard takes seconds) without stalling the tokio worker's other
+/// tasks: on a multi-threaded runtime the worker hands its queue to another
+/// thread first. Other runtimes (unit tests) run it in place.
+fn off_the_runtime<R>(job: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(job),
+        _ => job(),
     }
 }
 
@@ -880,6 +910,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             // An abandoned transfer.
             let _ = std::fs::remove_file(self.files.path(&old));
         }
+        self.receiving_writeback = f.try_clone().ok().map(snapshot_files::start_writeback);
         Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
@@ -898,6 +929,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         // made; anything else (another snapshot's file) is copied into a
         // new incoming file first, so the install always has its own file.
         let receiving = self.receiving.take();
+        self.receiving_writeback = None;
         let same_file = |name: &String| {
             use std::os::unix::fs::MetadataExt;
             let (Ok(a), Ok(b)) = (src.metadata(), std::fs::metadata(self.files.path(name))) else {
@@ -926,7 +958,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         // Check the whole file before touching anything.
         let path = self.files.path(&incoming);
         let file = std::fs::File::open(&path).map_err(|e| err(ErrorVerb::Read, format!("{}: {e}", path.display())))?;
-        if let Err(e) = snapshot::verify(file) {
+        if let Err(e) = off_the_runtime(|| snapshot::verify(file)) {
             let _ = std::fs::remove_file(&path);
             return Err(err(ErrorVerb::Read, e.to_string()));
         }
@@ -944,7 +976,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         self.db
             .write_synced(marker)
             .map_err(|e| err(ErrorVerb::Write, e.to_string()))?;
-        self.apply_snapshot_file(meta, &name)?;
+        off_the_runtime(|| self.apply_snapshot_file(meta, &name))?;
         self.forget_other_snapshots();
         self.stats.snapshots_installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
