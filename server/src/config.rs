@@ -89,6 +89,11 @@ pub struct RaftConfig {
     /// Deadline of one snapshot chunk RPC; the last one includes installing
     /// the whole snapshot on the receiver, so it must cover that.
     pub install_snapshot_timeout_ms: u64,
+    /// Snapshot bytes this node sends per second, over all shards and
+    /// peers (0 = unlimited). Bounds what a shard move or a snapshot
+    /// catch-up takes from client traffic; also bounds how fast a move can
+    /// copy a shard.
+    pub snapshot_send_bytes_per_sec: u64,
     /// Most entries in one append-entries RPC.
     pub append_entries_max: u64,
     /// How long a request waits for a shard to elect a leader.
@@ -283,6 +288,7 @@ impl Default for RaftConfig {
             snapshot_logs_to_keep: 1_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
             install_snapshot_timeout_ms: 60_000,
+            snapshot_send_bytes_per_sec: 0,
             append_entries_max: 256,
             leader_wait_ms: 3_000,
         }
@@ -437,6 +443,12 @@ impl Config {
         }
         if r.install_snapshot_timeout_ms < r.election_timeout_ms_max {
             return bad("raft.install_snapshot_timeout_ms must be >= raft.election_timeout_ms_max".into());
+        }
+        if r.snapshot_send_bytes_per_sec != 0 && r.snapshot_send_bytes_per_sec < r.snapshot_chunk_bytes_max {
+            return bad(
+                "raft.snapshot_send_bytes_per_sec must be 0 (unlimited) or at least raft.snapshot_chunk_bytes_max"
+                    .into(),
+            );
         }
         if r.append_entries_max == 0 {
             return bad("raft.append_entries_max must be > 0".into());

@@ -91,6 +91,9 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long)]
     snapshot_logs_to_keep: Option<u64>,
+    /// Snapshot bytes this node sends per second (0 = unlimited).
+    #[arg(long)]
+    snapshot_send_bytes_per_sec: Option<u64>,
     /// Per-client request rate limit (requests/s, 0 = off).
     #[arg(long)]
     client_requests_per_second: Option<u32>,
@@ -158,6 +161,7 @@ impl Args {
         set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);
         set!(self.snapshot_logs_since_last, c.raft.snapshot_logs_since_last);
         set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
+        set!(self.snapshot_send_bytes_per_sec, c.raft.snapshot_send_bytes_per_sec);
         set!(self.slow_request_ms, c.log.slow_request_ms);
         set!(self.client_requests_per_second, c.limits.client_requests_per_second);
         set!(self.client_burst, c.limits.client_burst);

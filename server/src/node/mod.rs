@@ -163,7 +163,12 @@ impl Node {
         let id = cfg.node_id;
         let tls = crate::tls::load(&cfg.tls)?;
         let source = cfg.peer_source_address.parse().ok();
-        let pool = PeerPool::new(id, tls.as_ref().map(|t| t.client.clone()), source);
+        let pool = PeerPool::new(
+            id,
+            tls.as_ref().map(|t| t.client.clone()),
+            source,
+            cfg.raft.snapshot_send_bytes_per_sec,
+        );
         let admin_token = read_admin_token(&cfg.admin.token_file)?;
         let (layout, mode) = match existing {
             Some(r) => {

@@ -6,6 +6,7 @@
 
 pub mod network;
 pub mod read_index;
+pub mod throttle;
 pub mod types;
 
 use std::sync::Arc;

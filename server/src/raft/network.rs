@@ -74,10 +74,25 @@ pub struct NetStats {
     pub snapshot_chunks_sent: AtomicU64,
 }
 
+/// First and longest pause before retrying a peer that was unreachable.
+const BACKOFF_FIRST: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
 struct Outgoing {
     msg: RaftMessage,
     ttl: Duration,
-    reply: oneshot::Sender<Result<RaftReply, String>>,
+    reply: oneshot::Sender<Result<RaftReply, BatchError>>,
+}
+
+/// Why a message of a batch got no reply.
+#[derive(Debug)]
+enum BatchError {
+    /// The batch outlived the deadline of its most patient message. Only a
+    /// slow peer or a loaded machine, not an unreachable one: openraft
+    /// retries at once instead of backing off.
+    TimedOut(Duration),
+    /// The peer could not be reached or refused the batch.
+    Failed(String),
 }
 
 /// A connection to one peer node.
@@ -97,6 +112,8 @@ pub struct PeerPool {
     source: Option<std::net::IpAddr>,
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     pub stats: Arc<NetStats>,
+    /// Paces the snapshot chunks every shard of this node sends.
+    snapshot_throttle: Arc<super::throttle::Throttle>,
 }
 
 impl PeerPool {
@@ -104,6 +121,7 @@ impl PeerPool {
         local_id: NodeId,
         tls: Option<tonic::transport::ClientTlsConfig>,
         source: Option<std::net::IpAddr>,
+        snapshot_send_bytes_per_sec: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
             local_id,
@@ -111,6 +129,7 @@ impl PeerPool {
             source,
             peers: Mutex::new(HashMap::new()),
             stats: Arc::new(NetStats::default()),
+            snapshot_throttle: Arc::new(super::throttle::Throttle::new(snapshot_send_bytes_per_sec)),
         })
     }
 
@@ -217,7 +236,10 @@ async fn batcher(
                     let got = resp.into_inner().replies;
                     if got.len() != n {
                         for r in replies {
-                            let _ = r.send(Err(format!("peer {to_node} answered {} of {n} messages", got.len())));
+                            let _ = r.send(Err(BatchError::Failed(format!(
+                                "peer {to_node} answered {} of {n} messages",
+                                got.len()
+                            ))));
                         }
                         return;
                     }
@@ -227,12 +249,12 @@ async fn batcher(
                 }
                 Ok(Err(status)) => {
                     for r in replies {
-                        let _ = r.send(Err(format!("peer {to_node}: {}", status.message())));
+                        let _ = r.send(Err(BatchError::Failed(format!("peer {to_node}: {}", status.message()))));
                     }
                 }
                 Err(_) => {
                     for r in replies {
-                        let _ = r.send(Err(format!("peer {to_node}: batch timed out after {ttl:?}")));
+                        let _ = r.send(Err(BatchError::TimedOut(ttl)));
                     }
                 }
             }
@@ -257,6 +279,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             peer: self.pool.peer(target, &node.addr),
             stats: self.pool.stats.clone(),
+            snapshot_throttle: self.pool.snapshot_throttle.clone(),
         }
     }
 }
@@ -268,6 +291,7 @@ pub struct ShardNetwork {
     target: NodeId,
     peer: Result<Arc<Peer>, String>,
     stats: Arc<NetStats>,
+    snapshot_throttle: Arc<super::throttle::Throttle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -305,20 +329,26 @@ impl ShardNetwork {
             .send(out)
             .await
             .map_err(|_| unreachable(format!("batcher of node {} stopped", self.target)))?;
+        let timed_out = |timeout: Duration| {
+            RPCError::Timeout(openraft::error::Timeout {
+                action: match kind {
+                    RaftRpcKind::Vote => openraft::network::RPCTypes::Vote,
+                    _ => openraft::network::RPCTypes::AppendEntries,
+                },
+                id: self.local_id,
+                target: self.target,
+                timeout,
+            })
+        };
+        // A timeout is reported as one, not as "unreachable": openraft backs
+        // off for the whole backoff interval after an unreachable peer, and
+        // a reply late by a few ms on a loaded machine would otherwise stop
+        // replication to that follower for that long.
         let reply = match tokio::time::timeout(option.hard_ttl(), rx).await {
-            Err(_) => {
-                return Err(RPCError::Timeout(openraft::error::Timeout {
-                    action: match kind {
-                        RaftRpcKind::Vote => openraft::network::RPCTypes::Vote,
-                        _ => openraft::network::RPCTypes::AppendEntries,
-                    },
-                    id: self.local_id,
-                    target: self.target,
-                    timeout: option.hard_ttl(),
-                }))
-            }
+            Err(_) => return Err(timed_out(option.hard_ttl())),
             Ok(Err(_)) => return Err(unreachable("batch dropped")),
-            Ok(Ok(Err(msg))) => return Err(unreachable(msg)),
+            Ok(Ok(Err(BatchError::TimedOut(ttl)))) => return Err(timed_out(ttl)),
+            Ok(Ok(Err(BatchError::Failed(msg)))) => return Err(unreachable(msg)),
             Ok(Ok(Ok(r))) => r,
         };
         decode_reply(self.target, reply.payload, reply.error.map(|e| e.message))
@@ -339,6 +369,15 @@ where
 }
 
 impl RaftNetwork<TypeConfig> for ShardNetwork {
+    /// After an unreachable peer: retry after 25 ms, doubling up to 500 ms
+    /// (openraft's default is a flat 500 ms, which turns one refused
+    /// connection during a restart into half a second without replication).
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::successors(Some(BACKOFF_FIRST), |d| {
+            Some((*d * 2).min(BACKOFF_MAX))
+        }))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -380,6 +419,9 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
             data,
             crc32,
         };
+        // Paced node-wide (`raft.snapshot_send_bytes_per_sec`): the chunk
+        // waits here, before it costs the receiver any disk or CPU.
+        self.snapshot_throttle.acquire(chunk.data.len() as u64).await;
         self.stats.snapshot_chunks_sent.fetch_add(1, Ordering::Relaxed);
         let mut client = transport_client(peer.channel.clone());
         let resp = match tokio::time::timeout(option.hard_ttl(), client.install_snapshot_chunk(chunk)).await {
