@@ -1021,6 +1021,19 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
             t.elapsed().as_secs_f64(),
             r.purged_upto
         );
+        // The followers too: each builds its own snapshot once enough
+        // entries were applied, and a follower building a 1 GiB snapshot
+        // in the middle of the move would be measured as the move's cost.
+        for id in placement.replicas.iter().filter(|id| **id != plan.leader) {
+            let t = Instant::now();
+            let r = admin.trigger_snapshot(&node_addr(&nodes, *id)?, plan.shard).await?;
+            eprintln!(
+                "snapshot of shard {} on follower node {id} at index {} in {:.1} s",
+                plan.shard,
+                r.snapshot_index,
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
     let approximate_bytes = shard_now(&admin, plan.shard).await?.approximate_bytes;
 

@@ -192,6 +192,31 @@ impl<'a> IngestFiles<'a> {
     }
 }
 
+/// A file written on a blocking thread and synced every
+/// `WRITEBACK_BYTES`: building a snapshot of a large shard must not leave a
+/// gigabyte of dirty pages for one final fsync that would hold every other
+/// fsync on the filesystem (see [`start_writeback`]).
+struct SyncingFile {
+    file: File,
+    unsynced: u64,
+}
+
+impl std::io::Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= WRITEBACK_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Keeps a [`start_writeback`] task running; dropping it stops the task.
 #[derive(Debug)]
 pub struct WritebackGuard {
@@ -262,7 +287,7 @@ pub fn write_snapshot(
     let tmp = format!("{name}{TMP_SUFFIX}");
     let path = files.path(&tmp);
     let f = File::create(&path).map_err(|e| io("create", &path, e))?;
-    let mut w = SnapshotWriter::new(f)?;
+    let mut w = SnapshotWriter::new(SyncingFile { file: f, unsynced: 0 })?;
     if !content.ranges.is_empty() {
         // First, so an install knows which data it replaces.
         w.record(RecordTag::Ranges, b"", &encode(&content.ranges.to_vec()))?;
@@ -307,7 +332,7 @@ pub fn write_snapshot(
     if let Some(l) = content.layout {
         w.record(RecordTag::Layout, b"", &encode(l))?;
     }
-    let (f, bytes) = w.finish()?;
+    let (SyncingFile { file: f, .. }, bytes) = w.finish()?;
     f.sync_all().map_err(|e| io("sync", &path, e))?;
     drop(f);
     files.publish(&tmp, name)?;
