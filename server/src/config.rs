@@ -288,7 +288,7 @@ impl Default for RaftConfig {
             snapshot_logs_to_keep: 1_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
             install_snapshot_timeout_ms: 60_000,
-            snapshot_send_bytes_per_sec: 0,
+            snapshot_send_bytes_per_sec: 64 * 1024 * 1024,
             append_entries_max: 256,
             leader_wait_ms: 3_000,
         }
