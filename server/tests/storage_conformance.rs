@@ -25,7 +25,14 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
         let shard = 7;
         let log = LogStore::new(shard, db.clone(), gc);
         let whole_ring = vec![TokenRange { start: 0, end: None }];
-        let sm = ShardStateMachine::open(shard, db, whole_ring, 60_000, Arc::new(SmStats::default()))?;
+        let sm = ShardStateMachine::open(
+            shard,
+            db,
+            whole_ring,
+            60_000,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )?;
         Ok((dir, log, sm))
     }
 }

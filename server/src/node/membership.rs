@@ -48,6 +48,7 @@ use crate::ring::ShardInfo;
 use crate::ring::META_SHARD_ID;
 use crate::storage::group_commit::GroupCommit;
 use crate::storage::group_commit::WriteOp;
+use crate::storage::hosted::HostedRanges;
 use crate::storage::keys;
 use crate::storage::log_store::LogStore;
 use crate::storage::state_machine::ShardStateMachine;
@@ -89,6 +90,7 @@ pub(super) async fn open_group(
     gc: &GroupCommit,
     pool: &Arc<PeerPool>,
     sm_stats: &Arc<SmStats>,
+    hosted: &Arc<HostedRanges>,
     info: ShardInfo,
 ) -> Result<(Arc<Shard>, Option<watch::Receiver<Option<ClusterLayout>>>, bool), NodeError> {
     let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -106,6 +108,7 @@ pub(super) async fn open_group(
         info.ranges.clone(),
         cfg.sessions.ttl_ms,
         sm_stats.clone(),
+        hosted.clone(),
     )
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     if sm.is_unsnapshotted_seed().map_err(|e| NodeError::Raft(e.to_string()))? {
@@ -293,13 +296,24 @@ impl Node {
     /// no longer does. The caller holds `reconcile_lock`.
     async fn reconcile_locked(self: &Arc<Self>) -> Result<(), ServerError> {
         let layout = self.layout();
+        // Before any group opens or replays: see `HostedRanges`.
+        self.hosted_ranges.set_from(&layout, self.id);
         let desired = crate::placement::hosted_by(&layout, self.id);
         let hosted: BTreeSet<u64> = self.shard_list().iter().map(|s| s.id).collect();
         for id in desired.difference(&hosted).copied().filter(|id| *id != META_SHARD_ID) {
             let info = super::group_info(&layout, id);
-            let (shard, _, _) = open_group(self.id, &self.cfg, &self.db, &self.gc, &self.pool, &self.sm_stats, info)
-                .await
-                .map_err(|e| ServerError::Internal(format!("opening shard {id}: {e}")))?;
+            let (shard, _, _) = open_group(
+                self.id,
+                &self.cfg,
+                &self.db,
+                &self.gc,
+                &self.pool,
+                &self.sm_stats,
+                &self.hosted_ranges,
+                info,
+            )
+            .await
+            .map_err(|e| ServerError::Internal(format!("opening shard {id}: {e}")))?;
             self.shards.write().unwrap_or_else(|p| p.into_inner()).insert(id, shard);
             tracing::info!(
                 shard = id,

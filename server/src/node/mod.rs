@@ -40,6 +40,7 @@ use crate::ring::ShardInfo;
 use crate::ring::META_SHARD_ID;
 use crate::storage::group_commit::GroupCommit;
 use crate::storage::group_commit::WriteOp;
+use crate::storage::hosted::HostedRanges;
 use crate::storage::keys;
 use crate::storage::state_machine::SmStats;
 use crate::storage::Cf;
@@ -126,6 +127,9 @@ pub struct Node {
     /// shard ranges than its peers.
     layout_confirmed: std::sync::atomic::AtomicBool,
     pub sm_stats: Arc<SmStats>,
+    /// Ranges of the data shards the layout puts here, for the state
+    /// machines (see `storage::hosted`).
+    pub hosted_ranges: Arc<HostedRanges>,
     /// What the placement driver observed (metadata leader only).
     pub placement: crate::placement::driver::DriverState,
     /// Shards this node is handing its leadership off, to which node. While
@@ -200,12 +204,14 @@ impl Node {
             return Err(NodeError::Raft(format!("invalid layout: {e}")));
         }
         let sm_stats = Arc::new(SmStats::default());
+        let hosted_ranges = Arc::new(HostedRanges::default());
+        hosted_ranges.set_from(&layout, id);
         let mut shards = BTreeMap::new();
         let mut meta_layout = None;
         for shard_id in crate::placement::hosted_by(&layout, id) {
             let info = group_info(&layout, shard_id);
             let (shard, meta, uninitialized) =
-                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_stats, info.clone()).await?;
+                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_stats, &hosted_ranges, info.clone()).await?;
             if meta.is_some() {
                 meta_layout = meta;
             }
@@ -254,6 +260,7 @@ impl Node {
             metrics: crate::metrics::Metrics::default(),
             layout_confirmed: std::sync::atomic::AtomicBool::new(false),
             sm_stats,
+            hosted_ranges,
             placement: Default::default(),
             transfers: std::sync::Mutex::new(BTreeMap::new()),
         });

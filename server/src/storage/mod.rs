@@ -14,6 +14,7 @@
 //! openraft drives the log store and state machine.
 
 pub mod group_commit;
+pub mod hosted;
 pub mod keys;
 pub mod log_store;
 pub mod snapshot;

@@ -30,6 +30,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 use tokio::sync::watch;
 
+use super::hosted;
+use super::hosted::HostedRanges;
 use super::keys;
 use super::snapshot;
 use super::snapshot::RecordTag;
@@ -122,16 +124,21 @@ pub struct ShardStateMachine {
     receiving: Option<String>,
     /// Writes that file back to disk while it is received.
     receiving_writeback: Option<snapshot_files::WritebackGuard>,
+    /// Ranges of the other shards on this node: never written by this one.
+    hosted: Arc<HostedRanges>,
 }
 
 impl ShardStateMachine {
     /// Opens the state machine of `shard`, resuming from what is on disk.
+    /// `hosted` is the node's map of its shards' ranges (see
+    /// [`HostedRanges`]; an empty one for a shard alone on its node).
     pub fn open(
         shard: u64,
         db: Arc<Db>,
         ranges: Vec<TokenRange>,
         session_ttl_ms: u64,
         stats: Arc<SmStats>,
+        hosted: Arc<HostedRanges>,
     ) -> Result<Self, StorageError> {
         assert!(session_ttl_ms > 0);
         let state = read_meta(&db, &keys::tagged(shard, keys::META_APPLIED), "applied state")?.unwrap_or_default();
@@ -156,6 +163,7 @@ impl ShardStateMachine {
             files,
             receiving: None,
             receiving_writeback: None,
+            hosted,
         };
         // A crash in the middle of installing a snapshot: finish the job
         // from the file before anyone reads this shard.
@@ -236,6 +244,12 @@ impl ShardStateMachine {
             end: range.end,
         }];
         let meta = self.db.cf(Cf::Meta);
+        // The new shard may already live on this node with state of its
+        // own: this replica is lagging, or was re-created and replays its
+        // history, and the new shard got its data from its own leader. Then
+        // its state must not be overwritten with this older one: the right
+        // half only leaves this shard's key index.
+        let seed_new = !self.hosted.hosts(new_shard);
         // Key index: the right half's keys move to the new shard.
         let index = self.db.cf(Cf::KeyIndex);
         let upper = keys::shard_prefix(self.shard + 1).to_vec();
@@ -253,9 +267,22 @@ impl ShardStateMachine {
             let key = &k[8..];
             if right[0].contains(token_of(key)) {
                 batch.delete_cf(index, &k);
-                batch.put_cf(index, keys::index_key(new_shard, key), b"");
+                if seed_new {
+                    batch.put_cf(index, keys::index_key(new_shard, key), b"");
+                }
                 moved += 1;
             }
+        }
+        batch.put_cf(meta, keys::tagged(self.shard, keys::META_RANGES), encode(&left));
+        overlay.ranges = Some(left);
+        if !seed_new {
+            tracing::info!(
+                shard = self.shard,
+                new_shard,
+                at,
+                "shard split replayed; the new shard already has its own replica here"
+            );
+            return Ok(RaftResponse::Done);
         }
         // Sessions: both halves keep every client's record, so a retry
         // finds its result whichever half now owns the key.
@@ -296,8 +323,6 @@ impl ShardStateMachine {
             keys::tagged(new_shard, keys::STATE_COMMITTED),
             encode(&Some(zero)),
         );
-        batch.put_cf(meta, keys::tagged(self.shard, keys::META_RANGES), encode(&left));
-        overlay.ranges = Some(left);
         tracing::info!(shard = self.shard, new_shard, at, keys_moved = moved, "shard split");
         Ok(RaftResponse::Done)
     }
@@ -320,6 +345,11 @@ impl ShardStateMachine {
     }
 
     fn put(&self, batch: &mut rocksdb::WriteBatch, overlay: &mut Overlay, key: &[u8], value: &[u8]) {
+        if overlay.foreign(token_of(key)) {
+            // Replaying history from before a split: the key is another
+            // local shard's now.
+            return;
+        }
         let dk = keys::data_key(token_of(key), key);
         batch.put_cf(self.db.cf(Cf::Data), &dk, value);
         batch.put_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, key), b"");
@@ -327,6 +357,9 @@ impl ShardStateMachine {
     }
 
     fn delete(&self, batch: &mut rocksdb::WriteBatch, overlay: &mut Overlay, key: &[u8]) {
+        if overlay.foreign(token_of(key)) {
+            return;
+        }
         let dk = keys::data_key(token_of(key), key);
         batch.delete_cf(self.db.cf(Cf::Data), &dk);
         batch.delete_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, key));
@@ -580,10 +613,13 @@ impl ShardStateMachine {
         }
         let first = first.map(Ok);
 
-        // First batch: clear the shard's data, key index and sessions.
+        // First batch: clear the shard's data, key index and sessions. Not
+        // in ranges other shards on this node own now: a snapshot from
+        // before a split covers the split-off half too.
+        let foreign = self.hosted.others(self.shard);
         let mut batch = rocksdb::WriteBatch::default();
         let data = self.db.cf(Cf::Data);
-        for r in &self.ranges {
+        for r in &hosted::subtract(&self.ranges, &foreign) {
             let from = r.start.to_be_bytes().to_vec();
             match r.end {
                 Some(end) => batch.delete_range_cf(data, from, end.to_be_bytes().to_vec()),
@@ -621,6 +657,7 @@ impl ShardStateMachine {
         for record in records {
             let (tag, k, v) = record.map_err(|e| rd(e.to_string()))?;
             match tag {
+                RecordTag::Data if foreign.iter().any(|r| r.contains(token_of(&k))) => {}
                 RecordTag::Data => {
                     ingest.put(&keys::data_key(token_of(&k), &k), &v).map_err(wr)?;
                     batch.put_cf(self.db.cf(Cf::KeyIndex), keys::index_key(self.shard, &k), b"");
@@ -707,6 +744,22 @@ struct Overlay {
     layout: Option<ClusterLayout>,
     /// New ranges of this shard after a split in this batch.
     ranges: Option<Vec<TokenRange>>,
+    /// Ranges other shards on this node own (read once per batch): puts
+    /// and deletes there are skipped (see [`HostedRanges`]).
+    foreign: Vec<TokenRange>,
+}
+
+impl Overlay {
+    fn for_shard(hosted: &HostedRanges, shard: u64) -> Self {
+        Overlay {
+            foreign: hosted.others(shard),
+            ..Overlay::default()
+        }
+    }
+
+    fn foreign(&self, token: u64) -> bool {
+        self.foreign.iter().any(|r| r.contains(token))
+    }
 }
 
 /// Reads and decodes one `meta` record; `what` names it in errors.
@@ -786,7 +839,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut batch = rocksdb::WriteBatch::default();
-        let mut overlay = Overlay::default();
+        let mut overlay = Overlay::for_shard(&self.hosted, self.shard);
         let mut responses = Vec::new();
         let mut gc_due = false;
         for entry in entries {
@@ -808,7 +861,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 if let Some(r) = overlay.ranges.take() {
                     self.ranges = r;
                 }
-                overlay = Overlay::default();
+                overlay = Overlay::for_shard(&self.hosted, self.shard);
             }
             let before = self.state.last_applied.map_or(0, |l| l.index);
             self.state.last_applied = Some(entry.log_id);
@@ -1024,7 +1077,15 @@ mod tests {
     fn fixture(ranges: Vec<TokenRange>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &StorageConfig::default()).unwrap();
-        let sm = ShardStateMachine::open(1, db.clone(), ranges, TTL_MS, Arc::new(SmStats::default())).unwrap();
+        let sm = ShardStateMachine::open(
+            1,
+            db.clone(),
+            ranges,
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )
+        .unwrap();
         Fixture {
             _dir: dir,
             db,
@@ -1130,13 +1191,29 @@ mod tests {
             f.apply(vec![req(Command::Split { at, new_shard: 9 }, None, 13)]).await,
             vec![RaftResponse::Done]
         );
-        let mut n = ShardStateMachine::open(9, f.db.clone(), vec![], TTL_MS, Arc::new(SmStats::default())).unwrap();
+        let mut n = ShardStateMachine::open(
+            9,
+            f.db.clone(),
+            vec![],
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(n.ranges(), &right[..]);
         let (applied, _) = n.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(0));
         // Reopening the old shard keeps the narrowed range.
         drop(f.sm);
-        let old = ShardStateMachine::open(1, f.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        let old = ShardStateMachine::open(
+            1,
+            f.db.clone(),
+            whole_ring(),
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(
             old.ranges(),
             &[TokenRange {
@@ -1184,8 +1261,15 @@ mod tests {
         assert_eq!(f.value("a"), Some(b"2".to_vec()));
         assert_eq!(f.value("b"), None);
         // Applied state survives a reopen.
-        let again =
-            ShardStateMachine::open(1, f.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        let again = ShardStateMachine::open(
+            1,
+            f.db.clone(),
+            whole_ring(),
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(again.state.last_applied.map(|l| l.index), Some(5));
         assert_eq!(again.state.clock_ms, 10);
     }
@@ -1393,7 +1477,15 @@ mod tests {
             encode(&(&snap.meta, &name)),
         );
         b.db.write_synced(marker).unwrap();
-        b.sm = ShardStateMachine::open(1, b.db.clone(), whole_ring(), TTL_MS, Arc::new(SmStats::default())).unwrap();
+        b.sm = ShardStateMachine::open(
+            1,
+            b.db.clone(),
+            whole_ring(),
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            Arc::default(),
+        )
+        .unwrap();
         assert_eq!(b.sm.state.last_applied, snap.meta.last_log_id);
         assert_eq!(b.value("k"), Some(b"v".to_vec()));
         assert!(b
