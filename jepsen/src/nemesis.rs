@@ -460,13 +460,13 @@ pub fn schedule(spec: &NemesisSpec, p: &ScheduleParams) -> Vec<Step> {
             pick_fault(kind, p, &mut rng, &mut members)
         };
         // Joins and decommissions wait for the rebalancer's or the drain's
-        // replica copies: they get up to twice as long.
-        let longest = if kind == Kind::Membership {
-            interval * 2
+        // replica copies: they get one to two intervals.
+        let (shortest, longest) = if kind == Kind::Membership {
+            (interval, interval * 2)
         } else {
-            interval
+            (min_duration, interval)
         };
-        let duration = rng.gen_range(min_duration..=longest);
+        let duration = rng.gen_range(shortest..=longest);
         let gap = rng.gen_range(interval / 2..=interval * 3 / 2);
         let start = t.max(class_free[kind.class()]);
         t += gap;

@@ -182,6 +182,25 @@ async fn list_operations(cluster: &Shared, turn: &mut usize) -> Result<Vec<Opera
     .operations)
 }
 
+/// Retires the decommissioned nodes (whose step ended before their drain
+/// did) that have left the layout since; returns the ids retired.
+async fn reap_drained(cluster: &Shared, turn: &mut usize) -> Vec<u64> {
+    if cluster.lock().await.draining.is_empty() {
+        return Vec::new();
+    }
+    let Ok(nodes) = list_nodes(cluster, turn).await else {
+        return Vec::new();
+    };
+    let listed: BTreeSet<u64> = nodes.iter().map(|n| n.id).collect();
+    let mut c = cluster.lock().await;
+    let gone: Vec<u64> = c.draining.iter().copied().filter(|n| !listed.contains(n)).collect();
+    for &n in &gone {
+        c.retire(n);
+        c.draining.remove(&n);
+    }
+    gone
+}
+
 /// Deadline of a change made at `now` by a step ending at `deadline`.
 fn change_timeout(deadline: Instant) -> Duration {
     deadline
@@ -212,10 +231,32 @@ pub async fn run(
             cause,
         };
         let mut value = json!({"id": step.id, "fault": name});
-        let started = begin(&step.fault, &cluster, &mut rng, &mut turn, deadline, &mut value)
-            .await
-            .map_err(harness)?;
-        record(&rec, start_f, &value);
+        let retired = reap_drained(&cluster, &mut turn).await;
+        if !retired.is_empty() {
+            // Earlier decommissions that finished after their step.
+            value["retired_before"] = json!(retired);
+        }
+        // The start event is recorded when the change is asked for (the
+        // call's result goes into the stop event), or here if nothing was
+        // asked (skipped, or a listing failed).
+        let mut recorded = false;
+        let started = begin(
+            &step.fault,
+            &cluster,
+            &mut rng,
+            &mut turn,
+            deadline,
+            &mut value,
+            &mut |v: &Value| {
+                record(&rec, start_f, v);
+                recorded = true;
+            },
+        )
+        .await
+        .map_err(harness)?;
+        if !recorded {
+            record(&rec, start_f, &value);
+        }
         let what: Vec<String> = ["shard", "from", "to", "node"]
             .iter()
             .filter_map(|k| value.get(*k).map(|v| format!("{k} {v}")))
@@ -248,8 +289,10 @@ fn record(rec: &Recorder, f: &str, value: &Value) {
     rec.record(EventType::Info, F::from(f), None, value.clone(), Process::Nemesis, None);
 }
 
-/// Resolves the step against the cluster and starts it. An `Err` is a
-/// harness failure (a process that cannot be started).
+/// Resolves the step against the cluster and starts it, calling `mark`
+/// with the choice just before the Admin call (or the join's process
+/// start), so the start event's time is when the change was asked for. An
+/// `Err` is a harness failure (a process that cannot be started).
 async fn begin(
     fault: &Fault,
     cluster: &Shared,
@@ -257,6 +300,7 @@ async fn begin(
     turn: &mut usize,
     deadline: Instant,
     value: &mut Value,
+    mark: &mut (dyn FnMut(&Value) + Send),
 ) -> anyhow::Result<Started> {
     let failed = |s: tonic::Status| -> anyhow::Result<Started> { Ok(Started::Ended(Outcome::Failed(status_text(&s)))) };
     match *fault {
@@ -265,6 +309,9 @@ async fn begin(
                 Ok(s) => s,
                 Err(s) => return failed(s),
             };
+            if shards.is_empty() {
+                return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
+            }
             let nodes = match list_nodes(cluster, turn).await {
                 Ok(n) => n,
                 Err(s) => return failed(s),
@@ -300,9 +347,9 @@ async fn begin(
                 from_node: from,
                 to_node: to,
             };
-            let r = admin_call(cluster, turn, change_timeout(deadline), false, |mut c| {
-                let req = req.clone();
-                async move { c.move_replica(req).await }
+            mark(value);
+            let r = admin_call(cluster, turn, change_timeout(deadline), false, |mut c| async move {
+                c.move_replica(req).await
             })
             .await;
             match r {
@@ -319,18 +366,28 @@ async fn begin(
                 Ok(s) => s,
                 Err(s) => return failed(s),
             };
+            if shards.is_empty() {
+                return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
+            }
             if shards.len() >= SHARDS_MAX {
                 return Ok(Started::Ended(Outcome::Skipped(format!(
                     "{} shards already (at most {SHARDS_MAX})",
                     shards.len()
                 ))));
             }
-            let s = &shards[shard as usize % shards.len()];
+            // The k-th shard, or the next one without an operation in
+            // flight (the driver refuses to split a shard that is moving).
+            let n = shards.len();
+            let s = (0..n)
+                .map(|k| &shards[(shard as usize + k) % n])
+                .find(|s| s.operation_id == 0 && s.learners.is_empty())
+                .unwrap_or(&shards[shard as usize % n]);
             value["shard"] = json!(s.id);
             let req = SplitShardRequest {
                 shard_id: s.id,
                 split_token: 0,
             };
+            mark(value);
             let r = admin_call(cluster, turn, change_timeout(deadline), false, |mut c| async move {
                 c.split_shard(req).await
             })
@@ -352,6 +409,9 @@ async fn begin(
                 Ok(s) => s,
                 Err(s) => return failed(s),
             };
+            if shards.is_empty() {
+                return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
+            }
             let s = &shards[shard as usize % shards.len()];
             value["shard"] = json!(s.id);
             value["from"] = json!(s.leader_id);
@@ -367,6 +427,7 @@ async fn begin(
                 shard_id: s.id,
                 to_node: to,
             };
+            mark(value);
             let r = admin_call(cluster, turn, change_timeout(deadline), false, |mut c| async move {
                 c.transfer_leader(req).await
             })
@@ -397,6 +458,7 @@ async fn begin(
             c.add_joining_node(node, via)?;
             value["via"] = json!(via);
             value["addr"] = json!(c.nodes[(node - 1) as usize].addr);
+            mark(value);
             Ok(Started::Wait(Pending::Join { node }))
         }
         Fault::Decommission { node } => {
@@ -407,6 +469,7 @@ async fn begin(
                 ))));
             }
             let req = RemoveNodeRequest { node_id: node };
+            mark(value);
             let r = admin_call(cluster, turn, change_timeout(deadline), false, |mut c| async move {
                 c.remove_node(req).await
             })
@@ -495,6 +558,7 @@ pub async fn settle(cluster: &Shared, rec: &Recorder) {
     let mut last = json!(null);
     let mut settled = false;
     while Instant::now() < deadline {
+        reap_drained(cluster, &mut turn).await;
         let (ops, nodes) = (
             list_operations(cluster, &mut turn).await,
             list_nodes(cluster, &mut turn).await,
@@ -502,14 +566,6 @@ pub async fn settle(cluster: &Shared, rec: &Recorder) {
         if let (Ok(ops), Ok(nodes)) = (ops, nodes) {
             let listed: BTreeSet<u64> = nodes.iter().map(|n| n.id).collect();
             let draining: Vec<u64> = nodes.iter().filter(|n| n.draining).map(|n| n.id).collect();
-            {
-                let mut c = cluster.lock().await;
-                let gone: Vec<u64> = c.draining.iter().copied().filter(|n| !listed.contains(n)).collect();
-                for n in gone {
-                    c.retire(n);
-                    c.draining.remove(&n);
-                }
-            }
             last = json!({
                 "operations": ops.iter().map(|o| json!({"id": o.id, "shard": o.shard_id, "from": o.from_node,
                     "to": o.to_node, "reason": o.reason, "step": o.step})).collect::<Vec<_>>(),
