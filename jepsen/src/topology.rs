@@ -14,8 +14,9 @@
 //!    whichever comes first, and records the stop event with `"outcome"`:
 //!    `done`, `timeout` (the operation continues in the background),
 //!    `failed` (the Admin error, e.g. `FAILED_PRECONDITION` because the
-//!    placement driver has a move of that shard in flight) or `skipped`
-//!    (nothing to act on, e.g. no node without a copy).
+//!    placement driver has a move of that shard in flight), `unknown` (the
+//!    call timed out: the change may still happen) or `skipped` (nothing
+//!    to act on, e.g. no node without a copy).
 //!
 //! An Admin error is part of the history, never a harness failure; only a
 //! node process that cannot be started is. A decommissioned node is
@@ -83,6 +84,8 @@ enum Outcome {
     Done,
     Timeout,
     Failed(String),
+    /// The change call timed out: it may or may not have happened.
+    Unknown(String),
     Skipped(String),
 }
 
@@ -273,6 +276,7 @@ pub async fn run(
             Outcome::Done => ("done", None),
             Outcome::Timeout => ("timeout", None),
             Outcome::Failed(e) => ("failed", Some(e)),
+            Outcome::Unknown(e) => ("unknown", Some(e)),
             Outcome::Skipped(e) => ("skipped", Some(e)),
         };
         value["outcome"] = json!(o);
@@ -302,19 +306,31 @@ async fn begin(
     value: &mut Value,
     mark: &mut (dyn FnMut(&Value) + Send),
 ) -> anyhow::Result<Started> {
-    let failed = |s: tonic::Status| -> anyhow::Result<Started> { Ok(Started::Ended(Outcome::Failed(status_text(&s)))) };
+    // A change whose call timed out (our deadline: CANCELLED; the
+    // server's: DEADLINE_EXCEEDED) may still happen: its outcome is
+    // unknown, not failed.
+    // Nothing was asked when a listing failed.
+    let list_failed =
+        |s: tonic::Status| -> anyhow::Result<Started> { Ok(Started::Ended(Outcome::Failed(status_text(&s)))) };
+    let failed = |s: tonic::Status| -> anyhow::Result<Started> {
+        let text = status_text(&s);
+        Ok(Started::Ended(match s.code() {
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => Outcome::Unknown(text),
+            _ => Outcome::Failed(text),
+        }))
+    };
     match *fault {
         Fault::Move { shard } => {
             let shards = match list_shards(cluster, turn).await {
                 Ok(s) => s,
-                Err(s) => return failed(s),
+                Err(s) => return list_failed(s),
             };
             if shards.is_empty() {
                 return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
             }
             let nodes = match list_nodes(cluster, turn).await {
                 Ok(n) => n,
-                Err(s) => return failed(s),
+                Err(s) => return list_failed(s),
             };
             let n = shards.len();
             let Some(s) = (0..n)
@@ -364,7 +380,7 @@ async fn begin(
         Fault::Split { shard } => {
             let shards = match list_shards(cluster, turn).await {
                 Ok(s) => s,
-                Err(s) => return failed(s),
+                Err(s) => return list_failed(s),
             };
             if shards.is_empty() {
                 return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
@@ -407,7 +423,7 @@ async fn begin(
         Fault::TransferLeader { shard } => {
             let shards = match list_shards(cluster, turn).await {
                 Ok(s) => s,
-                Err(s) => return failed(s),
+                Err(s) => return list_failed(s),
             };
             if shards.is_empty() {
                 return Ok(Started::Ended(Outcome::Skipped("the layout lists no shard".into())));
