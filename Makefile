@@ -70,7 +70,8 @@ bench-move-quick: build
 # set and counter workloads together (disjoint keys, 9 clients) under every
 # nemesis at once (kill -9 of a node, a leader or all nodes; pause;
 # partitions in a private network namespace, so it needs root; clock skew
-# through libfaketime), on a schedule generated from the seed. Exits nonzero
+# through libfaketime; shard moves, splits, leader transfers, node joins and
+# decommissions through the Admin API), on a schedule generated from the seed. Exits nonzero
 # unless every checker says valid. History, results, plots and summary in
 # ./data/jepsen/combined/. JEPSEN_SEED=N replays a run; JEPSEN_NODES=5 adds
 # the bridge and majorities-ring partitions.

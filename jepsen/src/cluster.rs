@@ -3,7 +3,14 @@
 //! and a wait for every shard to have a leader.
 //!
 //! Owns the processes and their data directories under the run's folder;
-//! every process is killed when the cluster is dropped. Network partitions
+//! every process is killed when the cluster is dropped.
+//!
+//! The node set changes during a run with the topology nemesis: a joined
+//! node ([`Cluster::add_joining_node`]) gets the next id and, in a private
+//! network namespace, its own address like the bootstrap nodes; a node
+//! that left the layout is retired ([`Cluster::retire`]): its process is
+//! stopped for good and it leaves [`Cluster::members`], so no nemesis
+//! restarts, pauses or partitions it again. Network partitions
 //! (iptables) live in `nemesis`.
 //!
 //! Clock skew: with [`FakeTime`] every node runs with libfaketime preloaded
@@ -77,6 +84,10 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// libfaketime's offset file for this node.
     pub clock_file: PathBuf,
+    /// The member it joined through (`--join`); `None` for bootstrap nodes.
+    pub join: Option<String>,
+    /// Left the layout and stopped for good.
+    pub retired: bool,
     child: Option<Child>,
     paused: bool,
 }
@@ -88,7 +99,13 @@ pub struct Cluster {
     shards: u32,
     extra_args: Vec<String>,
     faketime: Option<FakeTime>,
+    own_addresses: bool,
+    dir: PathBuf,
+    /// Node `id` is `nodes[id - 1]`; retired nodes stay (ids are never reused).
     pub nodes: Vec<NodeProc>,
+    /// Decommissioned nodes still in the layout when their step ended: the
+    /// heal phase retires them once they left it.
+    pub draining: std::collections::BTreeSet<u64>,
 }
 
 /// The address of node `id` inside a private network namespace.
@@ -146,6 +163,8 @@ impl Cluster {
                 data_dir: dir.join(format!("node{id}")),
                 log: dir.join(format!("node{id}.log")),
                 clock_file: dir.join(format!("node{id}.faketime")),
+                join: None,
+                retired: false,
                 child: None,
                 paused: false,
             });
@@ -161,7 +180,10 @@ impl Cluster {
             shards,
             extra_args: extra_args.to_vec(),
             faketime,
+            own_addresses,
+            dir: dir.to_path_buf(),
             nodes,
+            draining: Default::default(),
         };
         for id in 1..=n {
             if c.faketime.is_some() {
@@ -177,6 +199,75 @@ impl Cluster {
         &mut self.nodes[(id - 1) as usize]
     }
 
+    /// Starts node `id` (the next unused id) with `--join` through the
+    /// running node `via`. Returns at once: the node joins on its own.
+    pub fn add_joining_node(&mut self, id: u64, via: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            id > self.nodes.len() as u64,
+            "node {id} cannot join: the next node id is {}",
+            self.nodes.len() + 1
+        );
+        anyhow::ensure!(
+            (via as usize) <= self.nodes.len() && self.is_up(via),
+            "node {via} is not running"
+        );
+        let join = self.nodes[(via - 1) as usize].addr.clone();
+        // Ids of joins that never started stay unused.
+        while (self.nodes.len() as u64) < id {
+            let id = self.nodes.len() as u64 + 1;
+            let addr = if self.own_addresses {
+                format!("{}:50051", node_ip(id))
+            } else {
+                format!("127.0.0.1:{}", free_port()?)
+            };
+            self.nodes.push(NodeProc {
+                id,
+                addr,
+                data_dir: self.dir.join(format!("node{id}")),
+                log: self.dir.join(format!("node{id}.log")),
+                clock_file: self.dir.join(format!("node{id}.faketime")),
+                join: Some(join.clone()),
+                retired: true,
+                child: None,
+                paused: false,
+            });
+        }
+        self.node(id).retired = false;
+        if self.faketime.is_some() {
+            self.set_clock_offset(id, 0)?;
+        }
+        self.spawn(id)
+    }
+
+    /// Stops node `id` for good (it left the layout): kill -9, and no
+    /// restart, pause or partition hits it again.
+    pub fn retire(&mut self, id: u64) {
+        if (id as usize) <= self.nodes.len() {
+            self.kill(id);
+            let n = self.node(id);
+            n.retired = true;
+            n.paused = false;
+        }
+    }
+
+    /// Whether node `id` was started by this harness and not retired.
+    pub fn is_member(&self, id: u64) -> bool {
+        id >= 1 && (id as usize) <= self.nodes.len() && !self.nodes[(id - 1) as usize].retired
+    }
+
+    /// Ids of the nodes not retired (running or not).
+    pub fn members(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| !n.retired).map(|n| n.id).collect()
+    }
+
+    /// Whether node `id`'s process exited on its own (a join that gave up).
+    pub fn exited(&mut self, id: u64) -> bool {
+        match self.node(id).child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let (server, initial, shards, extra, faketime) = (
             self.server.clone(),
@@ -186,6 +277,7 @@ impl Cluster {
             self.faketime.clone(),
         );
         let n = self.node(id);
+        anyhow::ensure!(!n.retired, "node {id} left the cluster");
         anyhow::ensure!(n.child.is_none(), "node {id} is already running");
         let source = n.addr.split(':').next().unwrap_or_default().to_string();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
@@ -206,6 +298,7 @@ impl Cluster {
             .args(["--heartbeat-interval-ms", "200", "--election-timeout-ms-min", "1500"])
             .args(["--election-timeout-ms-max", "3000"])
             .args(&extra)
+            .args(n.join.iter().flat_map(|j| ["--join", j.as_str()]))
             .args(["--peer-source-address", &source])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -220,7 +313,7 @@ impl Cluster {
 
     pub fn is_up(&self, id: u64) -> bool {
         let n = &self.nodes[(id - 1) as usize];
-        n.child.is_some() && !n.paused
+        n.child.is_some() && !n.paused && !n.retired
     }
 
     /// kill -9.
@@ -231,8 +324,10 @@ impl Cluster {
         }
     }
 
+    /// Starts a killed node again (not a retired one).
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
-        if self.node(id).child.is_none() {
+        let n = self.node(id);
+        if n.child.is_none() && !n.retired {
             self.spawn(id)?;
         }
         Ok(())
@@ -258,7 +353,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Resumes paused nodes and restarts killed ones.
+    /// Resumes paused nodes and restarts killed ones (not retired ones).
     pub fn heal(&mut self) -> anyhow::Result<()> {
         for id in 1..=self.nodes.len() as u64 {
             self.resume(id)?;
@@ -297,7 +392,8 @@ impl Cluster {
     }
 
     /// Waits until every running node sees a running leader for every shard
-    /// it hosts.
+    /// it hosts, and every shard of the layout (also those created by
+    /// splits during the run) is hosted by a running node that sees one.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -311,6 +407,10 @@ impl Cluster {
 
     async fn ready_once(&self) -> bool {
         let up: Vec<u64> = self.nodes.iter().filter(|n| self.is_up(n.id)).map(|n| n.id).collect();
+        // Every data shard any node lists, and those with a running leader
+        // as seen by a node that hosts them.
+        let mut listed = std::collections::BTreeSet::new();
+        let mut led = std::collections::BTreeSet::new();
         for n in self.nodes.iter().filter(|n| self.is_up(n.id)) {
             let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr)) else {
                 return false;
@@ -326,8 +426,10 @@ impl Cluster {
             if all.filter(|s| s.hosted_here).any(|s| !up.contains(&s.leader_id)) {
                 return false;
             }
+            listed.extend(st.shards.iter().map(|s| s.id));
+            led.extend(st.shards.iter().filter(|s| s.hosted_here).map(|s| s.id));
         }
-        true
+        listed.is_subset(&led)
     }
 }
 

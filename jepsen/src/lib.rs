@@ -10,6 +10,8 @@
 //! - [`plot`]: latency and throughput over time as SVG, nemesis intervals shaded.
 //! - [`cluster`]: the `ringkv-server` processes of a run (kill, restart, pause, clock files).
 //! - [`nemesis`]: fault kinds, the seeded fault schedule and its execution.
+//! - [`topology`]: the topology faults (moves, splits, leader transfers, joins, decommissions)
+//!   through the Admin API, and the heal phase's wait for the layout to settle.
 //! - [`runner`]: `ringkv-jepsen run`: workloads, nemesis, final reads, checking, summary.
 
 pub mod checker;
@@ -19,3 +21,4 @@ pub mod nemesis;
 pub mod plot;
 pub mod report;
 pub mod runner;
+pub mod topology;

@@ -44,8 +44,10 @@ struct RunArgs {
     /// concurrently on disjoint keys of one cluster.
     #[arg(long, default_value = "register", value_parser = parse_workloads)]
     workload: WorkloadList,
-    /// none, kill, pause, partition, skew, a comma list, or all (alias
-    /// combined). The fault schedule is generated from --seed.
+    /// none, kill, pause, partition, skew, move, split, transfer,
+    /// membership (node join and decommission), topology (the last four), a
+    /// comma list, or all (alias combined). The fault schedule is generated
+    /// from --seed.
     #[arg(long, default_value = "kill")]
     nemesis: NemesisSpec,
     /// Seconds of load and faults.

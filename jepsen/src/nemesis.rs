@@ -2,8 +2,9 @@
 //! generated from the run's seed, and the task that carries it out.
 //!
 //! A [`NemesisSpec`] is what `--nemesis` names: `none`, one kind (`kill`,
-//! `pause`, `partition`, `skew`), a comma list of kinds, or `all` (alias
-//! `combined`) for every kind. [`schedule`] turns a spec, the cluster's size
+//! `pause`, `partition`, `skew`, `move`, `split`, `transfer`,
+//! `membership`), `topology` for the last four, a comma list of kinds, or
+//! `all` (alias `combined`) for every kind. [`schedule`] turns a spec, the cluster's size
 //! and the seed into a list of [`Step`]s, each a [`Fault`] with a start time
 //! and a duration. The schedule is a pure function of its inputs: the same
 //! seed gives the same schedule, which is written to `nemesis-schedule.json`
@@ -12,17 +13,28 @@
 //! in the history.
 //!
 //! Faults of one class (process: kill and pause; network: partitions;
-//! clock: skew) never overlap, so each can be undone without bookkeeping
+//! clock: skew; topology: moves, splits, leader transfers, joins and
+//! decommissions) never overlap, so each can be undone without bookkeeping
 //! across faults; faults of different classes may overlap (a pause during a
 //! partition, a kill while a node's clock is off). Every step ends before
 //! the time limit, and [`execute`] records a start and a stop event
 //! (`"process":"nemesis"`) for every step it carries out, with the step's
 //! `id` in both so that plots and readers can pair them.
 //!
-//! Extension point: shard moves, splits, leader transfers and node joins
-//! become further [`Kind`]s and [`Fault`] variants (a new class, "topology",
-//! so they overlap with the others), generated in [`pick_fault`] and applied
-//! through the Admin API in [`execute`]'s `begin`/`finish`.
+//! Topology faults change the cluster's layout through the Admin API
+//! (`ringkv.v1.Admin`, on any node, forwarded to the metadata leader): a
+//! replica move, a shard split, a leader transfer, a node join (a new
+//! `ringkv-server --join`) or a decommission (`RemoveNode` of a joined
+//! node; the bootstrap nodes host the metadata group and are never
+//! removed). Which shard, which replica and which destination are resolved
+//! when the step starts, from `ListShards` and `ListNodes`, and recorded in
+//! the start event. They run in their own task (`crate::topology`), one at a
+//! time: a step ends when its operation finished (the move left
+//! `ListOperations`, the new shard has a leader, the joined node is up, the
+//! decommissioned node left the layout) or at its scheduled end, whichever
+//! comes first; the stop event says which (`"outcome"`: `done`, `timeout`,
+//! `failed` with the Admin error, or `skipped` with the reason). An Admin
+//! error is part of the record, not a harness failure.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -69,10 +81,30 @@ pub enum Kind {
     Partition,
     /// Wall-clock offsets through libfaketime.
     Skew,
+    /// Admin `MoveReplica` of one replica of a shard to a node without a copy.
+    Move,
+    /// Admin `SplitShard` at the middle of a shard's range.
+    Split,
+    /// Admin `TransferLeader` of a shard to another of its voters.
+    Transfer,
+    /// A node joins (`ringkv-server --join`), or a joined node is
+    /// decommissioned (Admin `RemoveNode`) and stopped.
+    Membership,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Kill, Kind::Pause, Kind::Partition, Kind::Skew];
+    pub const ALL: [Kind; 8] = [
+        Kind::Kill,
+        Kind::Pause,
+        Kind::Partition,
+        Kind::Skew,
+        Kind::Move,
+        Kind::Split,
+        Kind::Transfer,
+        Kind::Membership,
+    ];
+    /// The kinds `topology` names.
+    pub const TOPOLOGY: [Kind; 4] = [Kind::Move, Kind::Split, Kind::Transfer, Kind::Membership];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -80,6 +112,10 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Partition => "partition",
             Kind::Skew => "skew",
+            Kind::Move => "move",
+            Kind::Split => "split",
+            Kind::Transfer => "transfer",
+            Kind::Membership => "membership",
         }
     }
 
@@ -89,12 +125,24 @@ impl Kind {
             Kind::Kill | Kind::Pause => 0,
             Kind::Partition => 1,
             Kind::Skew => 2,
+            Kind::Move | Kind::Split | Kind::Transfer | Kind::Membership => TOPOLOGY_CLASS,
         }
+    }
+
+    pub fn is_topology(self) -> bool {
+        self.class() == TOPOLOGY_CLASS
     }
 }
 
 /// Number of fault classes (see [`Kind::class`]).
-const CLASSES: usize = 3;
+const CLASSES: usize = 4;
+/// The class of the faults that change the layout.
+const TOPOLOGY_CLASS: usize = 3;
+/// Replicas per shard (the server's fixed replication factor).
+pub const REPLICAS: u64 = 3;
+/// Most joined nodes in the cluster at once: a join is scheduled only
+/// below it, a decommission at it.
+pub const JOINED_MAX: usize = 2;
 
 /// Which faults a run injects (`--nemesis`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -149,10 +197,15 @@ impl FromStr for NemesisSpec {
                 "pause" => drop(kinds.insert(Kind::Pause)),
                 "partition" => drop(kinds.insert(Kind::Partition)),
                 "skew" | "clock" => drop(kinds.insert(Kind::Skew)),
+                "move" => drop(kinds.insert(Kind::Move)),
+                "split" => drop(kinds.insert(Kind::Split)),
+                "transfer" | "transfer-leader" => drop(kinds.insert(Kind::Transfer)),
+                "membership" | "join" | "decommission" => drop(kinds.insert(Kind::Membership)),
+                "topology" => kinds.extend(Kind::TOPOLOGY),
                 other => {
                     return Err(format!(
                         "unknown nemesis {other:?} (expected none, kill, pause, partition, skew, \
-                         all/combined, or a comma list)"
+                         move, split, transfer, membership, topology, all/combined, or a comma list)"
                     ))
                 }
             }
@@ -196,8 +249,9 @@ pub enum Partition {
 }
 
 impl Partition {
-    /// The node pairs (a < b) that are cut.
-    pub fn cuts(&self, nodes: u64) -> Vec<(u64, u64)> {
+    /// The node pairs (a < b) that are cut, among the cluster's current
+    /// `nodes` (the bootstrap nodes the shape names and any joined ones).
+    pub fn cuts(&self, nodes: &[u64]) -> Vec<(u64, u64)> {
         let mut cuts = BTreeSet::new();
         let mut cut = |a: u64, b: u64| {
             if a != b {
@@ -205,10 +259,10 @@ impl Partition {
             }
         };
         match self {
-            Partition::Isolate { node } => (1..=nodes).for_each(|o| cut(*node, o)),
+            Partition::Isolate { node } => nodes.iter().for_each(|&o| cut(*node, o)),
             Partition::Halves { minority } => {
                 for a in minority {
-                    (1..=nodes).filter(|o| !minority.contains(o)).for_each(|b| cut(*a, b));
+                    nodes.iter().filter(|o| !minority.contains(o)).for_each(|&b| cut(*a, b));
                 }
             }
             Partition::Bridge { left, right, .. } => {
@@ -252,6 +306,28 @@ pub enum Fault {
     Skew {
         offsets_ms: Vec<(u64, i64)>,
     },
+    /// Move one replica of the `shard`-th data shard (in id order, modulo
+    /// the shards at the time) to a node that holds no copy; replica and
+    /// destination are picked when the step starts.
+    Move {
+        shard: u32,
+    },
+    /// Split the `shard`-th data shard at the middle of its range.
+    Split {
+        shard: u32,
+    },
+    /// Hand the `shard`-th data shard's leadership to another voter.
+    TransferLeader {
+        shard: u32,
+    },
+    /// Start node `node` with `--join` through a bootstrap node.
+    Join {
+        node: u64,
+    },
+    /// Decommission the joined node `node`, then stop it.
+    Decommission {
+        node: u64,
+    },
 }
 
 impl Fault {
@@ -261,6 +337,10 @@ impl Fault {
             Fault::Pause(_) => Kind::Pause,
             Fault::Partition(_) => Kind::Partition,
             Fault::Skew { .. } => Kind::Skew,
+            Fault::Move { .. } => Kind::Move,
+            Fault::Split { .. } => Kind::Split,
+            Fault::TransferLeader { .. } => Kind::Transfer,
+            Fault::Join { .. } | Fault::Decommission { .. } => Kind::Membership,
         }
     }
 
@@ -276,19 +356,54 @@ impl Fault {
             Fault::Partition(p) => p.name(),
             Fault::Skew { offsets_ms } if offsets_ms.len() == 1 => "skew-node",
             Fault::Skew { .. } => "skew-all",
+            Fault::Move { .. } => "move-replica",
+            Fault::Split { .. } => "split-shard",
+            Fault::TransferLeader { .. } => "transfer-leader",
+            Fault::Join { .. } => "join-node",
+            Fault::Decommission { .. } => "decommission-node",
         }
     }
 
     /// The history's `f` for the start and the stop of this fault.
     pub fn f_names(&self) -> (&'static str, &'static str) {
-        match self.kind() {
-            Kind::Kill => ("kill", "start"),
-            Kind::Pause => ("pause", "resume"),
-            Kind::Partition => ("start-partition", "stop-partition"),
-            Kind::Skew => ("bump-clock", "reset-clock"),
+        match self {
+            Fault::Kill(_) => ("kill", "start"),
+            Fault::Pause(_) => ("pause", "resume"),
+            Fault::Partition(_) => ("start-partition", "stop-partition"),
+            Fault::Skew { .. } => ("bump-clock", "reset-clock"),
+            Fault::Move { .. } => ("move", "move-done"),
+            Fault::Split { .. } => ("split", "split-done"),
+            Fault::TransferLeader { .. } => ("transfer-leader", "transfer-done"),
+            Fault::Join { .. } => ("join", "join-done"),
+            Fault::Decommission { .. } => ("decommission", "decommission-done"),
         }
     }
 }
+
+/// Every nemesis event `f` that starts a fault, with its kind's name, and
+/// every one that stops one (for counts and plots).
+pub const START_FS: [(&str, &str); 9] = [
+    ("kill", "kill"),
+    ("pause", "pause"),
+    ("start-partition", "partition"),
+    ("bump-clock", "skew"),
+    ("move", "move"),
+    ("split", "split"),
+    ("transfer-leader", "transfer"),
+    ("join", "membership"),
+    ("decommission", "membership"),
+];
+pub const STOP_FS: [(&str, &str); 9] = [
+    ("start", "kill"),
+    ("resume", "pause"),
+    ("stop-partition", "partition"),
+    ("reset-clock", "skew"),
+    ("move-done", "move"),
+    ("split-done", "split"),
+    ("transfer-done", "transfer"),
+    ("join-done", "membership"),
+    ("decommission-done", "membership"),
+];
 
 /// One scheduled fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,12 +442,31 @@ pub fn schedule(spec: &NemesisSpec, p: &ScheduleParams) -> Vec<Step> {
     let settle = interval / 4;
     let mut class_free = [0u64; CLASSES];
     let mut steps = Vec::new();
+    let mut members = Members {
+        next_id: p.nodes + 1,
+        joined: Vec::new(),
+    };
+    // Moves need a node without a copy of the shard: with no more nodes
+    // than replicas, the first topology fault is a join.
+    let mut join_first = p.nodes <= REPLICAS && (spec.has(Kind::Move) || spec.has(Kind::Membership));
     // The first fault after a quiet start, so the load is under way.
     let mut t = interval / 2;
     while t < limit && steps.len() < STEPS_MAX {
         let kind = kinds[rng.gen_range(0..kinds.len())];
-        let fault = pick_fault(kind, p, &mut rng);
-        let duration = rng.gen_range(min_duration..=interval);
+        let fault = if kind.is_topology() && join_first {
+            join_first = false;
+            members.join()
+        } else {
+            pick_fault(kind, p, &mut rng, &mut members)
+        };
+        // Joins and decommissions wait for the rebalancer's or the drain's
+        // replica copies: they get one to two intervals.
+        let (shortest, longest) = if kind == Kind::Membership {
+            (interval, interval * 2)
+        } else {
+            (min_duration, interval)
+        };
+        let duration = rng.gen_range(shortest..=longest);
         let gap = rng.gen_range(interval / 2..=interval * 3 / 2);
         let start = t.max(class_free[kind.class()]);
         t += gap;
@@ -359,10 +493,42 @@ fn random_node(p: &ScheduleParams, rng: &mut StdRng) -> u64 {
     rng.gen_range(1..=p.nodes)
 }
 
-/// A concrete fault of `kind` for a cluster of `p.nodes` nodes.
-fn pick_fault(kind: Kind, p: &ScheduleParams, rng: &mut StdRng) -> Fault {
+/// The joined nodes as the schedule plans them (topology steps run one at
+/// a time, in schedule order, so this is the order they happen in).
+/// Joined nodes get fresh ids after the bootstrap's; an id is never
+/// reused, since a removed node's data dir belongs to a former member.
+struct Members {
+    next_id: u64,
+    joined: Vec<u64>,
+}
+
+impl Members {
+    fn join(&mut self) -> Fault {
+        let node = self.next_id;
+        self.next_id += 1;
+        self.joined.push(node);
+        Fault::Join { node }
+    }
+}
+
+/// A concrete fault of `kind` for a cluster of `p.nodes` bootstrap nodes.
+/// Process, network and clock faults hit bootstrap nodes only (or, for
+/// "the leader of shard k", whichever node leads it then).
+fn pick_fault(kind: Kind, p: &ScheduleParams, rng: &mut StdRng, members: &mut Members) -> Fault {
     let shard = rng.gen_range(0..p.shards.max(1));
     match kind {
+        Kind::Move => Fault::Move { shard },
+        Kind::Split => Fault::Split { shard },
+        Kind::Transfer => Fault::TransferLeader { shard },
+        Kind::Membership => {
+            let n = members.joined.len();
+            if n == 0 || (n < JOINED_MAX && rng.gen_bool(0.5)) {
+                members.join()
+            } else {
+                let node = members.joined.remove(rng.gen_range(0..n));
+                Fault::Decommission { node }
+            }
+        }
         Kind::Kill => match rng.gen_range(0..8) {
             0..=3 => Fault::Kill(Target::Node {
                 node: random_node(p, rng),
@@ -489,9 +655,37 @@ pub fn heal_network() -> Result<(), NemesisError> {
 
 /// Carries out `steps` (from [`schedule`]) against the cluster, recording
 /// a start and a stop event for each. Skew steps are skipped (with one
-/// notice) when `skew_available` is false. Returns with every fault it
-/// started undone.
+/// notice) when `skew_available` is false. Topology steps run in their own
+/// task (`crate::topology`), beside the others. Returns with every process,
+/// network and clock fault it started undone (layout changes stay: the
+/// layout after a run is a new normal, not a fault to undo).
 pub async fn execute(
+    steps: Vec<Step>,
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    rec: Arc<Recorder>,
+    load_start: Instant,
+    seed: u64,
+    skew_available: bool,
+    active: Active,
+) -> Result<(), NemesisError> {
+    let (topo, other): (Vec<Step>, Vec<Step>) = steps.into_iter().partition(|s| s.fault.kind().is_topology());
+    let (a, b) = tokio::join!(
+        faults(
+            other,
+            cluster.clone(),
+            rec.clone(),
+            load_start,
+            seed,
+            skew_available,
+            active.clone()
+        ),
+        crate::topology::run(topo, cluster, rec, load_start, seed, active),
+    );
+    a.and(b)
+}
+
+/// Process, network and clock faults, in time order.
+async fn faults(
     steps: Vec<Step>,
     cluster: Arc<tokio::sync::Mutex<Cluster>>,
     rec: Arc<Recorder>,
@@ -553,16 +747,16 @@ fn record(rec: &Recorder, f: &str, value: &Value) {
 /// Resolves a process fault's target to nodes.
 async fn resolve(target: &Target, cluster: &Arc<tokio::sync::Mutex<Cluster>>, rng: &mut StdRng) -> Vec<u64> {
     let c = cluster.lock().await;
-    let n = c.nodes.len() as u64;
+    let members = c.members();
     match target {
         Target::Node { node } => vec![*node],
-        Target::All => (1..=n).collect(),
+        Target::All => members,
         Target::LeaderOf { shard } => {
             let (addrs, up) = c.addrs_up();
             drop(c);
             match crate::cluster::leader_of(&addrs, &up, *shard).await {
                 Some(l) => vec![l],
-                None => vec![rng.gen_range(1..=n)],
+                None => vec![*members.choose(rng).unwrap_or(&1)],
             }
         }
     }
@@ -587,8 +781,8 @@ async fn begin(step: &Step, cluster: &Arc<tokio::sync::Mutex<Cluster>>, rng: &mu
             nodes
         }
         Fault::Partition(p) => {
-            let n = cluster.lock().await.nodes.len() as u64;
-            let cuts = p.cuts(n);
+            let members = cluster.lock().await.members();
+            let cuts = p.cuts(&members);
             cut(&cuts)?;
             value["partition"] = serde_json::to_value(p)?;
             value["cuts"] = json!(cuts);
@@ -603,6 +797,13 @@ async fn begin(step: &Step, cluster: &Arc<tokio::sync::Mutex<Cluster>>, rng: &mu
             value["offsets_ms"] = json!(offsets_ms);
             offsets_ms.iter().map(|(n, _)| *n).collect()
         }
+        Fault::Move { .. }
+        | Fault::Split { .. }
+        | Fault::TransferLeader { .. }
+        | Fault::Join { .. }
+        | Fault::Decommission { .. } => {
+            anyhow::bail!("topology faults run in their own task")
+        }
     };
     value["nodes"] = json!(nodes);
     Ok(Applied { nodes, value })
@@ -615,6 +816,7 @@ async fn finish(step: &Step, a: &Applied, cluster: &Arc<tokio::sync::Mutex<Clust
         Fault::Pause(_) => a.nodes.iter().try_for_each(|&n| c.resume(n)),
         Fault::Partition(_) => Ok(heal_network()?),
         Fault::Skew { .. } => a.nodes.iter().try_for_each(|&n| c.set_clock_offset(n, 0)),
+        _ => Ok(()),
     }
 }
 
@@ -642,6 +844,89 @@ mod tests {
         assert_eq!(s.to_string(), "kill,pause");
         assert!(!s.needs_netns());
         assert!("kill,bogus".parse::<NemesisSpec>().is_err());
+        let t: NemesisSpec = "topology".parse().unwrap();
+        assert_eq!(t, NemesisSpec::of(&Kind::TOPOLOGY));
+        assert_eq!(t.to_string(), "move,split,transfer,membership");
+        assert_eq!(t.to_string().parse::<NemesisSpec>().unwrap(), t);
+        assert!(NemesisSpec::all().kinds.is_superset(&t.kinds));
+        let k: NemesisSpec = "kill,transfer,join".parse().unwrap();
+        assert_eq!(k, NemesisSpec::of(&[Kind::Kill, Kind::Transfer, Kind::Membership]));
+    }
+
+    /// The topology steps in order, with the joined nodes they leave.
+    fn topology_steps(spec: &NemesisSpec, p: &ScheduleParams) -> Vec<Step> {
+        schedule(spec, p)
+            .into_iter()
+            .filter(|s| s.fault.kind().is_topology())
+            .collect()
+    }
+
+    #[test]
+    fn topology_schedules_join_first_and_decommission_only_joined_nodes() {
+        for seed in 0..50 {
+            for (spec, nodes) in [
+                (NemesisSpec::all(), 3),
+                (NemesisSpec::of(&Kind::TOPOLOGY), 3),
+                (NemesisSpec::of(&[Kind::Kill, Kind::Move, Kind::Membership]), 3),
+                (NemesisSpec::of(&Kind::TOPOLOGY), 5),
+            ] {
+                let p = params(seed, nodes);
+                let steps = topology_steps(&spec, &p);
+                assert!(!steps.is_empty(), "seed {seed}: no topology step");
+                if nodes == 3 {
+                    assert!(
+                        matches!(steps[0].fault, Fault::Join { node: 4 }),
+                        "seed {seed}: a 3-node run must join a node first: {:?}",
+                        steps[0]
+                    );
+                }
+                // One at a time, and the layout the schedule assumes.
+                let mut joined: Vec<u64> = Vec::new();
+                let mut next = nodes + 1;
+                for w in steps.windows(2) {
+                    assert!(w[1].start_ms >= w[0].start_ms + w[0].duration_ms, "seed {seed}: {w:?}");
+                }
+                for s in &steps {
+                    match s.fault {
+                        Fault::Join { node } => {
+                            assert_eq!(node, next, "seed {seed}: ids are handed out in order");
+                            next += 1;
+                            joined.push(node);
+                            assert!(joined.len() <= JOINED_MAX, "seed {seed}: too many joined nodes");
+                        }
+                        Fault::Decommission { node } => {
+                            assert!(node > nodes && node > 3, "seed {seed}: bootstrap node {node} removed");
+                            let at = joined.iter().position(|&j| j == node);
+                            assert!(at.is_some(), "seed {seed}: node {node} removed before it joined");
+                            joined.remove(at.unwrap_or_default());
+                        }
+                        Fault::Move { shard } | Fault::Split { shard } | Fault::TransferLeader { shard } => {
+                            assert!(shard < p.shards)
+                        }
+                        _ => panic!("seed {seed}: not a topology fault: {s:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn topology_kinds_alone_schedule_only_their_faults() {
+        let p = params(3, 3);
+        let splits = schedule(&NemesisSpec::of(&[Kind::Split]), &p);
+        assert!(!splits.is_empty());
+        assert!(splits.iter().all(|s| matches!(s.fault, Fault::Split { .. })));
+        let transfers = schedule(&NemesisSpec::of(&[Kind::Transfer]), &p);
+        assert!(transfers
+            .iter()
+            .all(|s| matches!(s.fault, Fault::TransferLeader { .. })));
+        // A move needs a destination: with three nodes a join comes first.
+        let moves = schedule(&NemesisSpec::of(&[Kind::Move]), &p);
+        assert!(matches!(moves[0].fault, Fault::Join { node: 4 }));
+        assert!(moves[1..].iter().all(|s| matches!(s.fault, Fault::Move { .. })));
+        // With more nodes than replicas it does not.
+        let moves = schedule(&NemesisSpec::of(&[Kind::Move]), &params(3, 5));
+        assert!(moves.iter().all(|s| matches!(s.fault, Fault::Move { .. })));
     }
 
     #[test]
@@ -712,6 +997,11 @@ mod tests {
             "partition-majorities-ring",
             "skew-node",
             "skew-all",
+            "move-replica",
+            "split-shard",
+            "transfer-leader",
+            "join-node",
+            "decommission-node",
         ] {
             assert!(names.contains(want), "{want} never scheduled: {names:?}");
         }
@@ -719,9 +1009,14 @@ mod tests {
 
     #[test]
     fn partition_shapes_cut_the_right_pairs() {
-        assert_eq!(Partition::Isolate { node: 2 }.cuts(3), vec![(1, 2), (2, 3)]);
+        assert_eq!(Partition::Isolate { node: 2 }.cuts(&[1, 2, 3]), vec![(1, 2), (2, 3)]);
+        // A joined node is cut off from the isolated one too.
         assert_eq!(
-            Partition::Halves { minority: vec![1, 4] }.cuts(5),
+            Partition::Isolate { node: 2 }.cuts(&[1, 2, 3, 5]),
+            vec![(1, 2), (2, 3), (2, 5)]
+        );
+        assert_eq!(
+            Partition::Halves { minority: vec![1, 4] }.cuts(&[1, 2, 3, 4, 5]),
             vec![(1, 2), (1, 3), (1, 5), (2, 4), (3, 4), (4, 5)]
         );
         let bridge = Partition::Bridge {
@@ -729,12 +1024,15 @@ mod tests {
             left: vec![1, 2],
             right: vec![4, 5],
         };
-        assert_eq!(bridge.cuts(5), vec![(1, 4), (1, 5), (2, 4), (2, 5)]);
+        assert_eq!(bridge.cuts(&[1, 2, 3, 4, 5]), vec![(1, 4), (1, 5), (2, 4), (2, 5)]);
         // Ring 1-2-3-4-5-1: every node keeps its two neighbours.
         let ring = Partition::MajoritiesRing {
             ring: vec![1, 2, 3, 4, 5],
         };
-        assert_eq!(ring.cuts(5), vec![(1, 3), (1, 4), (2, 4), (2, 5), (3, 5)]);
+        assert_eq!(
+            ring.cuts(&[1, 2, 3, 4, 5]),
+            vec![(1, 3), (1, 4), (2, 4), (2, 5), (3, 5)]
+        );
     }
 
     #[test]

@@ -41,17 +41,12 @@ pub struct Interval {
 
 /// The kind of a nemesis event's `f`, and whether it starts a fault.
 fn nemesis_kind(f: &str) -> Option<(&'static str, bool)> {
-    Some(match f {
-        "kill" => ("kill", true),
-        "start" => ("kill", false),
-        "pause" => ("pause", true),
-        "resume" => ("pause", false),
-        "start-partition" => ("partition", true),
-        "stop-partition" => ("partition", false),
-        "bump-clock" => ("skew", true),
-        "reset-clock" => ("skew", false),
-        _ => return None,
-    })
+    let find = |list: &[(&'static str, &'static str)]| list.iter().find(|(name, _)| *name == f).map(|(_, k)| *k);
+    match (find(&crate::nemesis::START_FS), find(&crate::nemesis::STOP_FS)) {
+        (Some(k), _) => Some((k, true)),
+        (None, Some(k)) => Some((k, false)),
+        (None, None) => None,
+    }
 }
 
 fn kind_color(kind: &str) -> &'static str {
@@ -60,6 +55,10 @@ fn kind_color(kind: &str) -> &'static str {
         "pause" => "#bcbd22",
         "partition" => "#17becf",
         "skew" => "#9467bd",
+        "move" => "#ff9896",
+        "split" => "#98df8a",
+        "transfer" => "#c5b0d5",
+        "membership" => "#c49c94",
         _ => "#7f7f7f",
     }
 }

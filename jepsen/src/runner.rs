@@ -612,14 +612,26 @@ pub fn summary(cfg: &RunConfig, history: &History, results: &Results, files: &Ru
         );
     }
     let mut faults: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut outcomes: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        std::collections::BTreeMap::new();
     let mut starts = 0;
     for &i in &history.nemesis {
         let ev = &history.events[i];
         if let Some(name) = ev.value.get("fault").and_then(Value::as_str) {
             // Two events per fault (start and stop): count the first.
-            if ["kill", "pause", "start-partition", "bump-clock"].contains(&ev.f.as_str()) {
+            if nemesis::START_FS.iter().any(|(f, _)| *f == ev.f.as_str()) {
                 *faults.entry(name.to_string()).or_default() += 1;
                 starts += 1;
+            }
+            // Topology faults say in their stop event how they ended.
+            if let Some(o) = ev.value.get("outcome").and_then(Value::as_str) {
+                if nemesis::STOP_FS.iter().any(|(f, _)| *f == ev.f.as_str()) {
+                    *outcomes
+                        .entry(name.to_string())
+                        .or_default()
+                        .entry(o.to_string())
+                        .or_default() += 1;
+                }
             }
         }
     }
@@ -635,6 +647,16 @@ pub fn summary(cfg: &RunConfig, history: &History, results: &Results, files: &Ru
         },
         skipped
     );
+    if !outcomes.is_empty() {
+        let list: Vec<String> = outcomes
+            .iter()
+            .map(|(fault, by)| {
+                let by: Vec<String> = by.iter().map(|(o, n)| format!("{n} {o}")).collect();
+                format!("{fault} {}", by.join(" "))
+            })
+            .collect();
+        let _ = writeln!(s, "topology outcomes: {}", list.join(", "));
+    }
     let _ = writeln!(s);
     s.push_str(&results.summary());
     let _ = writeln!(s, "\nfiles:");
@@ -797,6 +819,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
         if let Some(e) = failure {
             return Err(e.context("run aborted"));
         }
+    }
+    // Moves, splits and drains the topology nemesis (or the rebalancer
+    // after a join) started finish before the final reads, bounded.
+    if cfg.nemesis.kinds.iter().any(|k| k.is_topology()) {
+        crate::topology::settle(&cluster, &rec).await;
     }
     // A cluster that does not recover is a finding too: the history is
     // still written and checked (final reads missing), then the run fails.

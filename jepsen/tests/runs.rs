@@ -1,6 +1,8 @@
 //! Fault-injection runs on a real local cluster (part of `make test`):
 //! about a minute each of the three workloads together under kill -9,
-//! pause and partitions, and a shorter one under clock skew, each of which
+//! pause, partitions and the topology faults (moves, splits, leader
+//! transfers, joins, decommissions), and a shorter one under clock skew,
+//! each of which
 //! must come out valid; and a deliberately broken server (linearizable
 //! reads without ReadIndex) that must be caught as invalid under pauses and
 //! under partitions.
@@ -25,6 +27,10 @@ const BROKEN_RUN_S: u64 = 15;
 /// (which need faults early and often).
 const INTERVAL_S: u64 = 8;
 const BROKEN_INTERVAL_S: u64 = 5;
+/// Mean seconds between topology faults: one at a time, so a shorter
+/// interval fits a join, decommissions, moves, splits and transfers into
+/// one minute.
+const TOPOLOGY_INTERVAL_S: u64 = 5;
 
 fn server() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -77,7 +83,9 @@ fn config(
     }
 }
 
-async fn expect(cfg: RunConfig, dir: tempfile::TempDir, want: Validity) {
+/// Runs `cfg`, checks the verdict and the files, and hands the run folder
+/// back for further checks.
+async fn expect(cfg: RunConfig, dir: tempfile::TempDir, want: Validity) -> tempfile::TempDir {
     let what = format!("{:?} under {}", cfg.workloads, cfg.nemesis);
     let results = run(cfg).await.expect("run");
     if results.valid != want {
@@ -103,6 +111,7 @@ async fn expect(cfg: RunConfig, dir: tempfile::TempDir, want: Validity) {
     for f in ["latency.svg", "throughput.svg", "summary.txt", "nemesis-schedule.json"] {
         assert!(dir.path().join(f).exists(), "{f} not written");
     }
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,6 +126,41 @@ async fn all_workloads_under_pause_are_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(&dir, &Workload::ALL, Kind::Pause, VALID_RUN_S, vec![]);
     expect(cfg, dir, Validity::Valid).await;
+}
+
+/// Replica moves, splits, leader transfers, a node join (first: three
+/// nodes hold every replica, so a move needs a fourth) and decommissions
+/// during the load. The topology faults must have happened, not only been
+/// scheduled: some ended `done`, and every node that left was stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_workloads_under_topology_changes_are_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(&dir, &Workload::ALL, Kind::Move, VALID_RUN_S, vec![]);
+    cfg.nemesis = NemesisSpec::of(&Kind::TOPOLOGY);
+    cfg.nemesis_interval = Duration::from_secs(TOPOLOGY_INTERVAL_S);
+    let dir = expect(cfg, dir, Validity::Valid).await;
+    let history = std::fs::read_to_string(dir.path().join("history.jsonl")).expect("history");
+    // (stop f, outcome) of every topology fault, and the heal phase's record.
+    let mut ends: Vec<(String, String)> = Vec::new();
+    let mut settled = false;
+    for line in history.lines().filter(|l| l.contains("\"nemesis\"")) {
+        let ev: serde_json::Value = serde_json::from_str(line).expect("event");
+        let f = ev["f"].as_str().unwrap_or_default().to_string();
+        settled |= f == "settle-topology";
+        if let Some(o) = ev["value"]["outcome"].as_str() {
+            ends.push((f, o.to_string()));
+        }
+    }
+    eprintln!("topology faults ended: {ends:?}");
+    let done = |f: &str| ends.iter().any(|(g, o)| g == f && o == "done");
+    assert!(done("join-done"), "no node joined: {ends:?}");
+    assert!(
+        ["move-done", "split-done", "transfer-done", "decommission-done"]
+            .iter()
+            .any(|f| done(f)),
+        "no move, split, transfer or decommission completed: {ends:?}"
+    );
+    assert!(settled, "no settle-topology event");
 }
 
 /// Clock skew through libfaketime; without the library the nemesis is
