@@ -9,7 +9,8 @@
 //! return the value from before the split (or fail with "key index of
 //! shard N names a key without data").
 //!
-//! Ignored until the server is fixed: run with `--ignored`.
+//! Fixed by `storage::hosted`: a replica never writes into ranges another
+//! shard on its node owns.
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
@@ -89,7 +90,6 @@ async fn get(c: &Cluster, key: &[u8]) -> Result<Option<String>, tonic::Status> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: re-adding a split shard's parent to a node that hosts the child clobbers the child"]
 async fn moving_the_parent_back_after_a_split_keeps_the_childs_writes() {
     let opts = Opts {
         nodes: 4,

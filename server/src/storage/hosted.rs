@@ -33,6 +33,15 @@ impl HostedRanges {
         *self.by_shard.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
 
+    /// Records one shard's ranges (tests and tools; the node uses
+    /// [`HostedRanges::set_from`]).
+    pub fn set_shard(&self, shard: u64, ranges: Vec<TokenRange>) {
+        self.by_shard
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard, ranges);
+    }
+
     /// Whether `shard` is hosted here.
     pub fn hosts(&self, shard: u64) -> bool {
         self.by_shard

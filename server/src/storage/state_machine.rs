@@ -1224,6 +1224,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replayed_history_leaves_a_hosted_new_shard_alone() {
+        // Shard 1 is re-created on a node that already hosts shard 9, split
+        // off it earlier, and replays its log from before the split.
+        let at = 1u64 << 63;
+        let mut f = fixture(whole_ring());
+        let hosted = Arc::new(HostedRanges::default());
+        hosted.set_shard(9, vec![TokenRange { start: at, end: None }]);
+        f.sm = ShardStateMachine::open(
+            1,
+            f.db.clone(),
+            whole_ring(),
+            TTL_MS,
+            Arc::new(SmStats::default()),
+            hosted,
+        )
+        .unwrap();
+        let high = (0..64)
+            .map(|i| format!("replay-{i}"))
+            .find(|k| token_of(k.as_bytes()) >= at)
+            .unwrap();
+        // Shard 9's own state on this node: a newer value and its applied id.
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(
+            f.db.cf(Cf::Data),
+            keys::data_key(token_of(high.as_bytes()), high.as_bytes()),
+            b"newer",
+        );
+        b.put_cf(f.db.cf(Cf::Meta), keys::tagged(9, keys::META_APPLIED), b"nine's own");
+        f.db.write_synced(b).unwrap();
+        let out = f
+            .apply(vec![
+                req(put(&high, "before-split"), None, 10),
+                req(Command::Split { at, new_shard: 9 }, None, 11),
+            ])
+            .await;
+        assert_eq!(out, vec![RaftResponse::Done, RaftResponse::Done]);
+        assert_eq!(f.value(&high).as_deref(), Some(&b"newer"[..]));
+        assert_eq!(
+            f.db.get(Cf::Meta, &keys::tagged(9, keys::META_APPLIED))
+                .unwrap()
+                .as_deref(),
+            Some(&b"nine's own"[..])
+        );
+        assert_eq!(
+            f.sm.ranges(),
+            &[TokenRange {
+                start: 0,
+                end: Some(at)
+            }]
+        );
+        assert!(
+            f.db.raw()
+                .prefix_iterator_cf(f.db.cf(Cf::KeyIndex), keys::shard_prefix(9))
+                .next()
+                .is_none_or(|i| !i.unwrap().0.starts_with(&keys::shard_prefix(9))),
+            "no key index entries seeded for shard 9"
+        );
+    }
+
+    #[tokio::test]
     async fn commands_apply_and_reads_see_earlier_entries_of_the_same_batch() {
         let mut f = fixture(whole_ring());
         let out = f
