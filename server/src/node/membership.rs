@@ -80,6 +80,12 @@ const HAND_OFF_ELECTIONS: u64 = 3;
 /// Hops a forwarded Admin call may take to reach the metadata leader.
 pub const META_FORWARD_HOPS_MAX: u32 = 3;
 
+/// What every state machine of a node shares.
+pub(super) struct SmShared {
+    pub stats: Arc<SmStats>,
+    pub hosted: Arc<HostedRanges>,
+}
+
 /// Opens (creating if new) the Raft group of one shard on this node.
 /// Returns the shard, the metadata layout watch (metadata group only) and
 /// whether the group had never been initialized.
@@ -89,10 +95,13 @@ pub(super) async fn open_group(
     db: &Arc<Db>,
     gc: &GroupCommit,
     pool: &Arc<PeerPool>,
-    sm_stats: &Arc<SmStats>,
-    hosted: &Arc<HostedRanges>,
+    sm: &SmShared,
     info: ShardInfo,
 ) -> Result<(Arc<Shard>, Option<watch::Receiver<Option<ClusterLayout>>>, bool), NodeError> {
+    let SmShared {
+        stats: sm_stats,
+        hosted,
+    } = sm;
     let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
     let mut log = LogStore::new(info.id, db.clone(), gc.clone());
     // A group with a vote or any log entry was initialized before.
@@ -308,8 +317,10 @@ impl Node {
                 &self.db,
                 &self.gc,
                 &self.pool,
-                &self.sm_stats,
-                &self.hosted_ranges,
+                &SmShared {
+                    stats: self.sm_stats.clone(),
+                    hosted: self.hosted_ranges.clone(),
+                },
                 info,
             )
             .await

@@ -206,12 +206,16 @@ impl Node {
         let sm_stats = Arc::new(SmStats::default());
         let hosted_ranges = Arc::new(HostedRanges::default());
         hosted_ranges.set_from(&layout, id);
+        let sm_shared = membership::SmShared {
+            stats: sm_stats.clone(),
+            hosted: hosted_ranges.clone(),
+        };
         let mut shards = BTreeMap::new();
         let mut meta_layout = None;
         for shard_id in crate::placement::hosted_by(&layout, id) {
             let info = group_info(&layout, shard_id);
             let (shard, meta, uninitialized) =
-                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_stats, &hosted_ranges, info.clone()).await?;
+                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_shared, info.clone()).await?;
             if meta.is_some() {
                 meta_layout = meta;
             }
