@@ -910,6 +910,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
     std::fs::write(&files.summary, &text)?;
     eprint!("{text}");
     if let Some(e) = final_failure {
+        // An anomaly the checkers found is the stronger finding: report it
+        // as invalid (exit 1), not as a run that could not finish.
+        if results.valid == crate::report::Validity::Invalid {
+            eprintln!("error: {e:#} (the history is invalid regardless)");
+            return Ok(results);
+        }
         return Err(e);
     }
     Ok(results)

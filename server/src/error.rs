@@ -11,10 +11,20 @@ use ringkv_proto::ERROR_CODE_METADATA_KEY;
 
 use crate::storage::StorageError;
 
+/// "node N", or a neutral name for an error relayed from another node,
+/// whose id the wire format does not carry (0 is never a node id).
+fn node_name(node_id: u64) -> String {
+    if node_id == 0 {
+        "the node that answered".to_string()
+    } else {
+        format!("node {node_id}")
+    }
+}
+
 /// An error returned to a caller of the Kv, Admin or transport API.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServerError {
-    #[error("node {node_id} is not the leader of shard {shard_id} (leader hint: {leader_id:?})")]
+    #[error("{} is not the leader of shard {shard_id} (leader hint: {leader_id:?})", node_name(*.node_id))]
     NotLeader {
         node_id: u64,
         shard_id: u64,
@@ -25,7 +35,7 @@ pub enum ServerError {
     WrongShard { shard_id: u64, epoch: u64 },
     #[error("shard {shard_id} is unavailable: {reason}")]
     ShardUnavailable { shard_id: u64, reason: String },
-    #[error("shard {shard_id} is not hosted on node {node_id}")]
+    #[error("shard {shard_id} is not hosted on {}", node_name(*.node_id))]
     UnknownShard { shard_id: u64, node_id: u64 },
     #[error("{limit_name} is {limit_value}, request has {actual_value}: {message}")]
     LimitExceeded {
@@ -231,6 +241,9 @@ mod tests {
         assert_eq!(detail.leader_id, 3);
         assert_eq!(detail.epoch, 5);
         assert!(matches!(back, ServerError::NotLeader { leader_id: Some(3), .. }));
+        // The relayed error does not claim to come from a "node 0".
+        assert!(e.to_string().starts_with("node 1 is not the leader"), "{e}");
+        assert!(back.to_string().starts_with("the node that answered is not"), "{back}");
     }
 
     #[test]
