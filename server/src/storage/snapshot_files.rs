@@ -91,26 +91,23 @@ impl SnapshotFiles {
     /// Deletes SST files an install built and did not ingest (a crash or
     /// an error half way).
     pub fn remove_ingest_files(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(INGEST_PREFIX) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
+        self.remove_where(|name| name.starts_with(INGEST_PREFIX));
     }
 
     /// Deletes every file but `keep` (old snapshots, abandoned transfers).
     /// Open handles stay readable: followers being sent an old snapshot
     /// finish their transfer.
     pub fn remove_all_except(&self, keep: &[&str]) {
+        self.remove_where(|name| !keep.contains(&name));
+    }
+
+    /// Deletes the files of the folder whose name satisfies `pred`.
+    fn remove_where(&self, pred: impl Fn(&str) -> bool) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&name.as_str()) {
+            if pred(&e.file_name().to_string_lossy()) {
                 if let Err(err) = std::fs::remove_file(e.path()) {
                     tracing::warn!(file = %e.path().display(), error = %err, "cannot remove old snapshot file");
                 }
@@ -128,10 +125,10 @@ impl SnapshotFiles {
 pub struct IngestFiles<'a> {
     files: &'a SnapshotFiles,
     opts: &'a rocksdb::Options,
-    writer: Option<rocksdb::SstFileWriter<'a>>,
+    /// The file being written and its path.
+    current: Option<(rocksdb::SstFileWriter<'a>, PathBuf)>,
     last_key: Vec<u8>,
     done: Vec<PathBuf>,
-    current: Option<PathBuf>,
 }
 
 impl<'a> IngestFiles<'a> {
@@ -141,10 +138,9 @@ impl<'a> IngestFiles<'a> {
         Self {
             files,
             opts,
-            writer: None,
+            current: None,
             last_key: Vec::new(),
             done: Vec::new(),
-            current: None,
         }
     }
 
@@ -153,9 +149,9 @@ impl<'a> IngestFiles<'a> {
     /// full one. Files never overlap as long as the runs do not, which holds
     /// for disjoint token ranges.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        let rotate = match &self.writer {
+        let rotate = match &self.current {
             None => true,
-            Some(w) => key <= self.last_key.as_slice() || w.file_size() >= INGEST_FILE_BYTES_MAX,
+            Some((w, _)) => key <= self.last_key.as_slice() || w.file_size() >= INGEST_FILE_BYTES_MAX,
         };
         if rotate {
             self.finish_current()?;
@@ -164,11 +160,10 @@ impl<'a> IngestFiles<'a> {
             let w = rocksdb::SstFileWriter::create(self.opts);
             w.open(&path)
                 .map_err(|e| io("create", &path, std::io::Error::other(e.into_string())))?;
-            self.writer = Some(w);
-            self.current = Some(path);
+            self.current = Some((w, path));
         }
-        let w = self
-            .writer
+        let (w, _) = self
+            .current
             .as_mut()
             .ok_or_else(|| StorageError::Rocks("no SST writer".into()))?;
         w.put(key, value)?;
@@ -178,7 +173,7 @@ impl<'a> IngestFiles<'a> {
     }
 
     fn finish_current(&mut self) -> Result<(), StorageError> {
-        if let (Some(mut w), Some(path)) = (self.writer.take(), self.current.take()) {
+        if let Some((mut w, path)) = self.current.take() {
             w.finish()?;
             self.done.push(path);
         }

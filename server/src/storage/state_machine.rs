@@ -1070,6 +1070,10 @@ mod tests {
         index: u64,
     }
 
+    fn open_sm(shard: u64, db: Arc<Db>, ranges: Vec<TokenRange>, hosted: Arc<HostedRanges>) -> ShardStateMachine {
+        ShardStateMachine::open(shard, db, ranges, TTL_MS, Arc::new(SmStats::default()), hosted).unwrap()
+    }
+
     fn whole_ring() -> Vec<TokenRange> {
         vec![TokenRange { start: 0, end: None }]
     }
@@ -1077,15 +1081,7 @@ mod tests {
     fn fixture(ranges: Vec<TokenRange>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &StorageConfig::default()).unwrap();
-        let sm = ShardStateMachine::open(
-            1,
-            db.clone(),
-            ranges,
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            Arc::default(),
-        )
-        .unwrap();
+        let sm = open_sm(1, db.clone(), ranges, Arc::default());
         Fixture {
             _dir: dir,
             db,
@@ -1191,29 +1187,13 @@ mod tests {
             f.apply(vec![req(Command::Split { at, new_shard: 9 }, None, 13)]).await,
             vec![RaftResponse::Done]
         );
-        let mut n = ShardStateMachine::open(
-            9,
-            f.db.clone(),
-            vec![],
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            Arc::default(),
-        )
-        .unwrap();
+        let mut n = open_sm(9, f.db.clone(), vec![], Arc::default());
         assert_eq!(n.ranges(), &right[..]);
         let (applied, _) = n.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(0));
         // Reopening the old shard keeps the narrowed range.
         drop(f.sm);
-        let old = ShardStateMachine::open(
-            1,
-            f.db.clone(),
-            whole_ring(),
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            Arc::default(),
-        )
-        .unwrap();
+        let old = open_sm(1, f.db.clone(), whole_ring(), Arc::default());
         assert_eq!(
             old.ranges(),
             &[TokenRange {
@@ -1231,15 +1211,7 @@ mod tests {
         let mut f = fixture(whole_ring());
         let hosted = Arc::new(HostedRanges::default());
         hosted.set_shard(9, vec![TokenRange { start: at, end: None }]);
-        f.sm = ShardStateMachine::open(
-            1,
-            f.db.clone(),
-            whole_ring(),
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            hosted,
-        )
-        .unwrap();
+        f.sm = open_sm(1, f.db.clone(), whole_ring(), hosted);
         let high = (0..64)
             .map(|i| format!("replay-{i}"))
             .find(|k| token_of(k.as_bytes()) >= at)
@@ -1321,15 +1293,7 @@ mod tests {
         assert_eq!(f.value("a"), Some(b"2".to_vec()));
         assert_eq!(f.value("b"), None);
         // Applied state survives a reopen.
-        let again = ShardStateMachine::open(
-            1,
-            f.db.clone(),
-            whole_ring(),
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            Arc::default(),
-        )
-        .unwrap();
+        let again = open_sm(1, f.db.clone(), whole_ring(), Arc::default());
         assert_eq!(again.state.last_applied.map(|l| l.index), Some(5));
         assert_eq!(again.state.clock_ms, 10);
     }
@@ -1537,15 +1501,7 @@ mod tests {
             encode(&(&snap.meta, &name)),
         );
         b.db.write_synced(marker).unwrap();
-        b.sm = ShardStateMachine::open(
-            1,
-            b.db.clone(),
-            whole_ring(),
-            TTL_MS,
-            Arc::new(SmStats::default()),
-            Arc::default(),
-        )
-        .unwrap();
+        b.sm = open_sm(1, b.db.clone(), whole_ring(), Arc::default());
         assert_eq!(b.sm.state.last_applied, snap.meta.last_log_id);
         assert_eq!(b.value("k"), Some(b"v".to_vec()));
         assert!(b
