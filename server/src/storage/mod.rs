@@ -16,6 +16,7 @@
 pub mod group_commit;
 pub mod hosted;
 pub mod keys;
+pub mod log_cache;
 pub mod log_store;
 pub mod snapshot;
 pub mod snapshot_files;
