@@ -527,13 +527,22 @@ impl ShardStateMachine {
         }
         rec.last_ms = clock_ms;
         debug_assert!(rec.responses.keys().all(|s| *s >= rec.low));
-        batch.put_cf(
-            self.db.cf(Cf::Meta),
-            keys::session_key(self.shard, &client_id),
-            encode(&rec),
-        );
+        // Written once per applied batch by `write_sessions`, however many
+        // of the batch's entries came from this client.
         overlay.sessions.insert(client_id, rec);
         Ok(response)
+    }
+
+    /// Puts every session record the batch changed (all of
+    /// `overlay.sessions`: only changed records go there).
+    fn write_sessions(&self, batch: &mut rocksdb::WriteBatch, overlay: &Overlay) {
+        for (client_id, rec) in &overlay.sessions {
+            batch.put_cf(
+                self.db.cf(Cf::Meta),
+                keys::session_key(self.shard, client_id),
+                encode(rec),
+            );
+        }
     }
 
     /// Deletes sessions idle for longer than the TTL.
@@ -854,6 +863,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             if splits && self.shard != META_SHARD_ID {
                 // A split reads the key index and sessions from the
                 // database: write everything applied before it first.
+                self.write_sessions(&mut batch, &overlay);
                 self.save_applied(&mut batch);
                 self.db
                     .write_unsynced(std::mem::take(&mut batch))
@@ -882,6 +892,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         if gc_due {
             self.gc_sessions(&mut batch, &overlay, self.state.clock_ms)?;
         }
+        self.write_sessions(&mut batch, &overlay);
         self.save_applied(&mut batch);
         self.db
             .write_unsynced(batch)
