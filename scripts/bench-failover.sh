@@ -77,7 +77,9 @@ log "3 nodes up; $(uptime)"
 OUT=bench/results/failover-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 status=0
-"$BENCH" failover --endpoints "$RK_EP" --rate "$RATE" \
+NOTE="3 nodes on loopback; ringkv-server flags: ${SERVER_ARGS[*]:-none (default settings)}"
+NOTE+="; RUST_LOG: ${RUST_LOG:-server default}"
+"$BENCH" failover --endpoints "$RK_EP" --rate "$RATE" --cluster-note "$NOTE" \
     --kill-cmd "kill -9 \$(cat $WORK/n{node}.pid)" --out-dir "$OUT" "$@" || status=$?
 log "$(uptime)"
 mkdir -p "$OUT/logs"

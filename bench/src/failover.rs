@@ -95,6 +95,10 @@ const KILL_CMD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The leader polls start this long before the kill (their first answers
 /// are the state the kill changes).
 const POLL_LEAD: Duration = Duration::from_secs(1);
+/// Successful replies arriving this soon after the kill can be answers the
+/// victim sent before it died; the stall of a shard is the gap that begins
+/// before this (see [`ShardRecovery::first_ok_ms`]).
+pub const STRAY_REPLY_GRACE: Duration = Duration::from_millis(100);
 /// Failed writes listed one by one in the report.
 pub const FAILED_LISTED_MAX: usize = 50;
 /// An arrival started this late counts as missed (still measured).
@@ -151,6 +155,11 @@ pub struct FailoverConfig {
     pub target_stall_ms: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// How the cluster was set up (server flags, ...), printed in the
+    /// report as is.
+    #[arg(long, default_value = "")]
+    #[serde(default)]
+    pub cluster_note: String,
 }
 
 impl FailoverConfig {
@@ -329,8 +338,11 @@ pub struct ShardRecovery {
     /// Leaders seen after the first new one (placement hand-offs, further
     /// elections): (ms after the kill, leader, term).
     pub later_leaders: Vec<(f64, u64, u64)>,
-    /// The first successful write that completed after the kill, ms after
-    /// the kill: the shard's write stall.
+    /// The first successful write after the failover, ms after the kill:
+    /// the shard's write stall. It ends the longest stretch without a
+    /// successful write on the shard that began before the kill or within
+    /// [`STRAY_REPLY_GRACE`] after it (replies the victim sent before it
+    /// died can still arrive just after the kill).
     pub first_ok_ms: Option<f64>,
     /// first_ok - elected: the client's share (rediscovery, backoff).
     pub client_ms: Option<f64>,
@@ -501,6 +513,33 @@ fn leaders_after(views: &[LeaderView], shard: u64, victim: u64, kill_us: u64) ->
     out
 }
 
+/// When `shard` took a write again after the kill: the end of the longest
+/// gap between two successful completions on it that began before the kill
+/// or within [`STRAY_REPLY_GRACE`] after it and ended after the kill
+/// (µs; `None`: no write succeeded after the kill).
+fn recovery_after(writes: &[WriteRecord], shard: u64, kill_us: u64) -> Option<u64> {
+    let grace_end = kill_us + STRAY_REPLY_GRACE.as_micros() as u64;
+    let mut done: Vec<u64> = writes
+        .iter()
+        .filter(|w| w.shard == shard && w.error.is_none())
+        .map(WriteRecord::done_us)
+        .collect();
+    done.sort_unstable();
+    let mut prev = None::<u64>;
+    let mut best: Option<(u64, u64)> = None;
+    for d in done {
+        let from = prev.unwrap_or(kill_us).min(d);
+        if d >= kill_us && from < grace_end && best.is_none_or(|(gap, _)| d - from > gap) {
+            best = Some((d - from, d));
+        }
+        if d >= grace_end {
+            break;
+        }
+        prev = Some(d);
+    }
+    best.map(|(_, d)| d)
+}
+
 /// The first view after `kill_us` of `shard` from a node other than
 /// `victim` that satisfies `pred`.
 fn first_view(
@@ -536,12 +575,7 @@ fn shard_recovery(o: &Observed, shard: u64, window: &[&WriteRecord], target_ms: 
         .filter(|v| v.shard == shard && v.at_us >= kill && term_before.is_none_or(|t| v.term > t))
         .map(|v| v.term)
         .collect();
-    let first_ok = o
-        .writes
-        .iter()
-        .filter(|w| w.shard == shard && w.error.is_none() && w.done_us() >= kill)
-        .map(WriteRecord::done_us)
-        .min();
+    let first_ok = recovery_after(&o.writes, shard, kill);
     let failed = o
         .writes
         .iter()
@@ -843,6 +877,9 @@ pub fn markdown(r: &FailoverReport) -> String {
          keys uniform over {} records in {} shards; smart client, default settings",
         r.config.rate, r.config.value_bytes, r.records, r.shards_total
     );
+    if !r.config.cluster_note.is_empty() {
+        let _ = writeln!(s, "- cluster: {}", r.config.cluster_note);
+    }
     let how = if r.victim_given {
         "given"
     } else {
@@ -1557,6 +1594,7 @@ mod tests {
             settle_timeout_secs: 90,
             target_stall_ms: 1000,
             seed: 1,
+            cluster_note: "3 nodes, default settings".into(),
         }
     }
 
@@ -1748,6 +1786,24 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_arriving_just_after_the_kill_does_not_end_the_stall() {
+        let mut o = observed();
+        // A write answered by the victim before it died, read 3 ms after
+        // the kill.
+        o.writes.push(w(KILL - 8_000, 11_000, 1, None));
+        let a = analyze(&o, 1000);
+        assert_eq!(a.shards[0].first_ok_ms, Some(1301.0));
+        assert_eq!(recovery_after(&o.writes, 1, KILL), Some(KILL + 1_301_000));
+        // A shard with no write before the kill: counted from the kill.
+        let late = vec![w(KILL + 500_000, 1_000, 9, None), w(KILL + 600_000, 1_000, 9, None)];
+        assert_eq!(recovery_after(&late, 9, KILL), Some(KILL + 501_000));
+        assert_eq!(recovery_after(&late, 8, KILL), None);
+        // Only completions well after the kill: the first one ends it.
+        let quick = vec![w(KILL - 20_000, 2_000, 9, None), w(KILL + 150_000, 1_000, 9, None)];
+        assert_eq!(recovery_after(&quick, 9, KILL), Some(KILL + 151_000));
+    }
+
+    #[test]
     fn a_shard_that_never_recovers_has_no_stall_value() {
         let mut o = observed();
         o.writes.retain(|w| w.shard != 1 || w.done_us() < KILL);
@@ -1872,6 +1928,7 @@ mod tests {
         );
         assert!(md.contains("| victim's shards | "), "{md}");
         assert!(md.contains("kill -9 $(cat /tmp/n2.pid)"), "{md}");
+        assert!(md.contains("- cluster: 3 nodes, default settings\n"), "{md}");
         assert!(md.contains("metadata group re-elected after: 1100 ms"), "{md}");
         // The markdown timeline stops 2 s after the last recovery (3.3 s).
         assert!(md.contains("\n| -2000 | "), "{md}");
