@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # cargo parallelises the builds itself.
 .NOTPARALLEL:
 
-.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick bench-move bench-move-quick jepsen
+.PHONY: all deps build playground playground-clean fmt-check clippy lint-deploy test bench-compare bench-compare-quick bench-move bench-move-quick bench-failover jepsen
 
 all: build
 
@@ -65,6 +65,13 @@ bench-move: build
 
 bench-move-quick: build
 	scripts/bench-move.sh --quick
+
+# kill -9 of the node leading the most shards on a fresh 3-node cluster
+# (default settings) under a 1000 writes/s open-loop load: the longest
+# write stall (target < 1 s) and its breakdown, in
+# bench/results/failover-<timestamp>/. About a minute.
+bench-failover: build
+	scripts/bench-failover.sh
 
 # One 5-minute fault-injection run on a local 3-node cluster: the register,
 # set and counter workloads together (disjoint keys, 9 clients) under every

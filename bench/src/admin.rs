@@ -2,7 +2,7 @@
 //! address, the optional bearer token on every request, a deadline on every
 //! call. Placement calls (`ListShards`, `MoveReplica`, ...) may go to any
 //! node, which forwards them to the metadata leader; `TriggerSnapshot` and
-//! `NodeStats` concern the node they are sent to.
+//! `NodeStats` and `ClusterStatus` concern the node they are sent to.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ringkv_proto::v1::admin_client::AdminClient;
+use ringkv_proto::v1::ClusterStatusRequest;
+use ringkv_proto::v1::ClusterStatusResponse;
 use ringkv_proto::v1::ListNodesRequest;
 use ringkv_proto::v1::ListNodesResponse;
 use ringkv_proto::v1::ListOperationsRequest;
@@ -173,6 +175,19 @@ impl Admin {
             .trigger_snapshot(req)
             .await
             .map_err(|s| anyhow::anyhow!("TriggerSnapshot on {addr}: {}: {}", s.code(), s.message()))?;
+        Ok(r.into_inner())
+    }
+
+    /// The node at `addr`'s own view of the cluster: every shard's leader
+    /// and term as its local Raft replica sees them. `timeout` bounds the
+    /// call (short, for polling).
+    pub async fn cluster_status(&self, addr: &str, timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
+        let mut c = self.client(addr)?;
+        let req = self.request(ClusterStatusRequest {}, timeout);
+        let r = tokio::time::timeout(timeout, c.cluster_status(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("ClusterStatus on {addr}: no answer within {timeout:?}"))?
+            .map_err(|s| anyhow::anyhow!("ClusterStatus on {addr}: {}: {}", s.code(), s.message()))?;
         Ok(r.into_inner())
     }
 

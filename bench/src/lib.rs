@@ -4,10 +4,12 @@
 //! `workload` chooses operations and keys, `backend` talks to each system,
 //! `runner` measures, `report` turns results into tables and charts.
 //! `move_shard` measures a replica move of a loaded shard under foreground
-//! load, through the Admin API (`admin`).
+//! load, through the Admin API (`admin`). `failover` measures the write
+//! stall a client sees when a leader is killed.
 
 pub mod admin;
 pub mod backend;
+pub mod failover;
 pub mod move_shard;
 pub mod report;
 pub mod runner;

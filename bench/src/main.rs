@@ -2,7 +2,8 @@
 //! comparison report from saved results, or measure a shard move.
 //! `scripts/bench-compare.sh` (`make bench-compare`) starts the clusters
 //! and calls the first two; `scripts/bench-move.sh` (`make bench-move`)
-//! starts a 4-node cluster and calls `move-shard`.
+//! starts a 4-node cluster and calls `move-shard`; `scripts/bench-failover.sh`
+//! (`make bench-failover`) starts a 3-node cluster and calls `failover`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use clap::Parser;
 use clap::Subcommand;
 use ringkv_bench::backend::Backend;
 use ringkv_bench::backend::Kind;
+use ringkv_bench::failover;
+use ringkv_bench::failover::FailoverConfig;
 use ringkv_bench::move_shard;
 use ringkv_bench::move_shard::MoveConfig;
 use ringkv_bench::report;
@@ -66,6 +69,25 @@ enum Cmd {
         cfg: MoveConfig,
         /// Folder of move.json and move.md (default:
         /// bench/results/move-<UTC timestamp>).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Kill the node leading the most shards under an open-loop write load;
+    /// report the longest write stall and where its time went.
+    Failover {
+        /// Node addresses, comma separated (host:port).
+        #[arg(long, default_value = "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053")]
+        endpoints: String,
+        /// Bearer token of the Admin API, when the cluster requires one.
+        #[arg(long, env = "RINGKV_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// File holding the Admin token (instead of --admin-token).
+        #[arg(long, conflicts_with = "admin_token")]
+        admin_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: FailoverConfig,
+        /// Folder of failover.json and failover.md (default:
+        /// bench/results/failover-<UTC timestamp>).
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
@@ -130,15 +152,7 @@ async fn main() -> anyhow::Result<()> {
             out_dir,
         } => {
             let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
-            let token = match admin_token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("read {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => admin_token,
-            };
+            let token = admin_token_of(admin_token, admin_token_file)?;
             let out_dir = out_dir.unwrap_or_else(|| move_shard::default_out_dir(std::time::SystemTime::now()));
             let r = move_shard::run(&endpoints, token, cfg).await?;
             move_shard::write_report(&r, &out_dir)?;
@@ -161,11 +175,49 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("report written to {}", out_dir.display());
             Ok(())
         }
+        Cmd::Failover {
+            endpoints,
+            admin_token,
+            admin_token_file,
+            cfg,
+            out_dir,
+        } => {
+            let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+            let token = admin_token_of(admin_token, admin_token_file)?;
+            let out_dir = out_dir.unwrap_or_else(|| failover::default_out_dir(std::time::SystemTime::now()));
+            let r = failover::run(&endpoints, token, cfg).await?;
+            failover::write_report(&r, &out_dir)?;
+            print!("{}", failover::markdown(&r));
+            let stall = r
+                .analysis
+                .longest_stall_ms
+                .map_or("none (a shard never recovered)".to_string(), |v| format!("{v:.0} ms"));
+            println!(
+                "\nlongest write stall {stall} (target < {} ms): {}",
+                r.target_stall_ms,
+                if r.stall_ok { "PASS" } else { "FAIL" }
+            );
+            eprintln!("report written to {}", out_dir.display());
+            Ok(())
+        }
         Cmd::Report { results, out_dir } => {
             let rs = report::read_results(&results)?;
             report::write_report(&rs, &out_dir)?;
             print!("{}", report::markdown(&rs));
             Ok(())
         }
+    }
+}
+
+/// The Admin token: from its file when one is given, else the flag's.
+fn admin_token_of(token: Option<String>, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(f) => Ok(Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("read {}", f.display()))?
+                .trim()
+                .to_string(),
+        )),
+        None => Ok(token),
     }
 }

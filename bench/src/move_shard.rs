@@ -845,13 +845,7 @@ pub fn write_report(r: &MoveReport, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_average() -> Option<String> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-}
-
-fn node_addr(nodes: &ListNodesResponse, id: u64) -> anyhow::Result<String> {
+pub(crate) fn node_addr(nodes: &ListNodesResponse, id: u64) -> anyhow::Result<String> {
     nodes
         .nodes
         .iter()
@@ -1128,7 +1122,7 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
             .collect(),
         before,
         during,
-        load_average: load_average(),
+        load_average: crate::report::load_average(),
         config: cfg,
     };
     Ok(report)
@@ -1136,29 +1130,7 @@ pub async fn run(endpoints: &[String], admin_token: Option<String>, cfg: MoveCon
 
 /// Where the report goes by default: `bench/results/move-<UTC timestamp>`.
 pub fn default_out_dir(now: std::time::SystemTime) -> PathBuf {
-    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    PathBuf::from(format!(
-        "bench/results/move-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    ))
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    crate::report::results_dir("move", now)
 }
 
 #[cfg(test)]
@@ -1414,7 +1386,6 @@ mod tests {
     fn default_out_dir_is_a_utc_timestamp() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
         assert_eq!(default_out_dir(t), PathBuf::from("bench/results/move-20261130T005320Z"));
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
     }
 
     #[test]

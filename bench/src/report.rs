@@ -1,6 +1,8 @@
 //! Turns run results (JSON lines) into `results.json`, a markdown table
 //! with the ringkv/etcd ratios, and an SVG throughput chart. Pure string
-//! building apart from reading and writing the files.
+//! building apart from reading and writing the files. Also the small
+//! helpers every report shares: its timestamped folder, UTC timestamps and
+//! the machine's load average.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -123,6 +125,58 @@ pub fn write_report(results: &[RunResult], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A report's default folder: `bench/results/<kind>-<UTC timestamp>`
+/// (for example `bench/results/move-20261130T005320Z`).
+pub fn results_dir(kind: &str, now: std::time::SystemTime) -> std::path::PathBuf {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    std::path::PathBuf::from(format!(
+        "bench/results/{kind}-{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// `t` as an RFC 3339 UTC timestamp with milliseconds
+/// (`2026-11-30T00:53:20.123Z`), the form the nodes' logs use, so report
+/// instants can be found in the logs.
+pub fn utc_timestamp(t: std::time::SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The 1, 5 and 15 minute load averages (Linux only).
+pub fn load_average() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +235,17 @@ mod tests {
         let back: Vec<RunResult> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
         assert_eq!(back.len(), 3);
+    }
+
+    #[test]
+    fn timestamps_are_utc() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_123);
+        assert_eq!(
+            results_dir("move", t),
+            std::path::PathBuf::from("bench/results/move-20261130T005320Z")
+        );
+        assert_eq!(utc_timestamp(t), "2026-11-30T00:53:20.123Z");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
     }
 }
