@@ -282,8 +282,12 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval_ms: 100,
-            election_timeout_ms_min: 600,
-            election_timeout_ms_max: 1200,
+            // A follower campaigns only after openraft's leader lease (one
+            // election_timeout_ms_max since the leader last reached it) plus
+            // its own election timeout: 650-800 ms, so a dead leader's shards
+            // take writes again within a second (`make bench-failover`).
+            election_timeout_ms_min: 250,
+            election_timeout_ms_max: 400,
             snapshot_logs_since_last: 10_000,
             snapshot_logs_to_keep: 1_000,
             snapshot_chunk_bytes_max: 1024 * 1024,
