@@ -693,11 +693,25 @@ pub fn plan_moves(
 /// replica of one of them, when their counts differ by more than one. Only
 /// up nodes that are not draining take part; shards with a move in flight
 /// are left alone. `leaders`: node -> shards it leads.
+///
+/// Nothing is handed off while a node that holds replicas is not up: its
+/// shards have just elected new leaders (or it is about to come back), and
+/// each hand-off would make one more shard unavailable for an election in
+/// the middle of a failover. Balancing resumes once it answers again, or
+/// once its replicas were re-created elsewhere.
 pub fn plan_leader_transfer(
     layout: &ClusterLayout,
     leaders: &BTreeMap<u64, Vec<u64>>,
     up: &BTreeSet<u64>,
 ) -> Option<(u64, u64, u64)> {
+    if layout
+        .shards
+        .values()
+        .flat_map(|s| s.replicas.iter())
+        .any(|r| !up.contains(r))
+    {
+        return None;
+    }
     let eligible = |n: &u64| up.contains(n) && !layout.draining.contains(n) && layout.nodes.contains_key(n);
     let mut count: BTreeMap<u64, usize> = layout.nodes.keys().filter(|n| eligible(n)).map(|n| (*n, 0)).collect();
     for (n, shards) in leaders {
@@ -958,6 +972,11 @@ mod tests {
         // Down nodes get nothing.
         let leaders = BTreeMap::from([(1, vec![1, 2, 3]), (2, vec![4, 5, 6]), (3, vec![])]);
         assert_eq!(plan_leader_transfer(&l, &leaders, &[1, 2].into()), None);
+        // Right after a failover the survivors may be uneven; no hand-off
+        // while the lost node still holds replicas, one once it is back.
+        let leaders = BTreeMap::from([(1, vec![1, 2, 3, 4]), (2, vec![5, 6]), (3, vec![])]);
+        assert_eq!(plan_leader_transfer(&l, &leaders, &[1, 2].into()), None);
+        assert!(plan_leader_transfer(&l, &leaders, &all(3)).is_some());
     }
 
     #[test]
