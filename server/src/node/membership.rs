@@ -425,11 +425,47 @@ impl Node {
             ));
         }
         if action == MembershipAction::Campaign {
-            let m = shard.raft.metrics().borrow().membership_config.clone();
+            let (m, leader) = {
+                let metrics = shard.raft.metrics().borrow().clone();
+                (metrics.membership_config.clone(), metrics.current_leader)
+            };
             if !m.membership().voter_ids().any(|v| v == self.id) {
                 return Err(ServerError::Precondition(format!(
                     "node {} is not a voter of shard {}",
                     self.id, req.shard_id
+                )));
+            }
+            if leader == Some(self.id) {
+                // Already won (a repeated request): campaigning again would
+                // only depose ourselves.
+                return Ok(ShardMembershipResponse::default());
+            }
+            // Never depose a leader we still hear from: within its lease
+            // (openraft's, one election_timeout_ms_max since its last
+            // message) a campaign would only disrupt a working shard. A
+            // hand-off waits the lease out before it asks; a candidate
+            // refused for its shorter log asks only once we refused it,
+            // which openraft does after the lease ran out.
+            let lease = Duration::from_millis(self.cfg.raft.election_timeout_ms_max);
+            let heard_for = shard
+                .raft
+                .with_raft_state(|st| {
+                    st.vote_ref()
+                        .is_committed()
+                        .then(|| st.vote_last_modified().map(|t| t.elapsed()))
+                        .flatten()
+                })
+                .await
+                .map_err(|e| ServerError::ShardUnavailable {
+                    shard_id: req.shard_id,
+                    reason: e.to_string(),
+                })?;
+            if heard_for.is_some_and(|d| d < lease) {
+                return Err(ServerError::Precondition(format!(
+                    "node {} heard from the leader of shard {} {} ms ago, within its lease",
+                    self.id,
+                    req.shard_id,
+                    heard_for.map_or(0, |d| d.as_millis())
                 )));
             }
             shard

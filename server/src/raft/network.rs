@@ -65,6 +65,11 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const TRANSPORT_GRPC_BYTES_MAX: usize = RAFT_MESSAGE_BYTES_MAX + 16 * 1024 * 1024;
 /// Connect timeout to a peer.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Times a candidate refused for its shorter log asks the voter with the
+/// longer log to campaign (see `nudge_to_campaign`).
+const CAMPAIGN_NUDGES: u32 = 2;
+/// Deadline of one such request.
+const CAMPAIGN_NUDGE_TIMEOUT_MS: u64 = 1_000;
 
 /// Transport counters.
 #[derive(Debug, Default)]
@@ -392,7 +397,13 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.call(RaftRpcKind::Vote, encode(&rpc), &option).await
+        let resp: VoteResponse<NodeId> = self.call(RaftRpcKind::Vote, encode(&rpc), &option).await?;
+        if longer_log_refused(&rpc, &resp) {
+            if let Ok(peer) = self.peer() {
+                tokio::spawn(nudge_to_campaign(peer.clone(), self.shard, self.local_id));
+            }
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
@@ -437,5 +448,75 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
             )))));
         }
         decode_reply(self.target, resp.payload, None)
+    }
+}
+
+/// Whether `resp` refused this candidate only because the voter has a
+/// longer log: the voter is still in an older term (it did not vote in
+/// ours) and its last log id is greater than ours. That voter is the one
+/// that can win; it should not wait for its own election timer.
+fn longer_log_refused(req: &VoteRequest<NodeId>, resp: &VoteResponse<NodeId>) -> bool {
+    !resp.vote_granted && resp.vote.leader_id().term < req.vote.leader_id().term && resp.last_log_id > req.last_log_id
+}
+
+/// Asks the voter that refused us for its longer log to campaign now,
+/// twice: its first candidacy takes the term we already voted ourselves
+/// in, and we refuse it; the second, one term later, wins. Without this a
+/// split vote costs one more election timeout (about 1.3 s instead of
+/// 0.8 s of unavailability after a leader dies, `make bench-failover`).
+/// Elections never endanger safety; this only starts one earlier.
+async fn nudge_to_campaign(peer: Arc<Peer>, shard: u64, from: NodeId) {
+    for attempt in 1..=CAMPAIGN_NUDGES {
+        let req = ringkv_proto::v1::ShardMembershipRequest {
+            shard_id: shard,
+            action: ringkv_proto::v1::MembershipAction::Campaign as i32,
+            ..Default::default()
+        };
+        let mut rpc = tonic::Request::new(req);
+        rpc.set_timeout(Duration::from_millis(CAMPAIGN_NUDGE_TIMEOUT_MS));
+        let res = RaftTransportClient::new(peer.channel.clone())
+            .shard_membership(rpc)
+            .await;
+        tracing::info!(
+            shard,
+            from,
+            to = peer.node_id,
+            attempt,
+            ok = res.is_ok(),
+            "refused for a shorter log: asked the voter with the longer log to campaign"
+        );
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::LogId;
+    use crate::raft::types::Vote;
+
+    fn log(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(openraft::CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn only_a_refusal_for_a_shorter_log_from_an_older_term_asks_the_voter_to_campaign() {
+        let req = VoteRequest::new(Vote::new(5, 3), log(4, 100));
+        // Refused for the log by a voter still in term 4: nudge it.
+        let by_log = VoteResponse::new(Vote::new_committed(4, 1), log(4, 101), false);
+        assert!(longer_log_refused(&req, &by_log));
+        // Granted, or the voter's log is not longer: nothing to do.
+        assert!(!longer_log_refused(
+            &req,
+            &VoteResponse::new(Vote::new(5, 3), log(4, 101), true)
+        ));
+        let same_log = VoteResponse::new(Vote::new_committed(4, 1), log(4, 100), false);
+        assert!(!longer_log_refused(&req, &same_log));
+        // The voter already voted in our term (or a later one): it is a
+        // candidate itself, or another won; no nudge.
+        let voted = VoteResponse::new(Vote::new(5, 2), log(4, 101), false);
+        assert!(!longer_log_refused(&req, &voted));
     }
 }
