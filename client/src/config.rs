@@ -100,8 +100,13 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Most operations in flight in this client at once; more wait for a
     /// slot. Keep it at or below the server's per-client session window
-    /// (`SESSION_RESPONSES_MAX` = 256 results per client per shard) so every
-    /// in-flight write stays answerable on retry. Default 256.
+    /// (`SESSION_RESPONSES_MAX` = 256 results per client per shard), so
+    /// that writes sent together stay answerable on retry. It does not
+    /// bound completions: a write that keeps retrying (its shard is
+    /// electing a leader) while 256 later writes of this client to the same
+    /// shard succeed falls out of the window, and its retry fails with
+    /// `StaleSequence`, which is indeterminate (it may have been applied).
+    /// Default 256.
     pub max_in_flight: usize,
     /// Consecutive failures (no connection or no answer) after which a
     /// node's circuit breaker opens. Default 3.
