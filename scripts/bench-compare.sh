@@ -39,19 +39,9 @@ if ! command -v etcd >/dev/null 2>&1; then
     fi
 fi
 
-WORK=$(mktemp -d /tmp/ringkv-bench.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=scripts/lib/bench-common.sh
+source scripts/lib/bench-common.sh
+bench_work bench
 
 # Ports away from the playground's 5005x and etcd's default 2379/2380.
 RK=(127.0.0.1:51061 127.0.0.1:51062 127.0.0.1:51063)

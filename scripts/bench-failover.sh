@@ -25,29 +25,10 @@ die() { log "error: $*"; exit 1; }
 RATE=${BENCH_RATE:-1000}
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/ringkv/target}
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET/release}
-[[ -x $BIN_DIR/ringkv-server && -x $BIN_DIR/ringkv-bench ]] ||
-    die "build first: cargo build --release -p ringkv-server -p ringkv-bench"
-
-WORK=$(mktemp -d /tmp/ringkv-bench-failover.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Private copies: a build elsewhere cannot swap the binaries mid-run.
-cp "$BIN_DIR/ringkv-server" "$BIN_DIR/ringkv-bench" "$WORK/"
-SERVER=$WORK/ringkv-server
-BENCH=$WORK/ringkv-bench
-"$BENCH" failover --help >/dev/null 2>&1 ||
-    die "$BIN_DIR/ringkv-bench has no failover (built from another checkout?): rebuild it here"
+# shellcheck source=scripts/lib/bench-common.sh
+source scripts/lib/bench-common.sh
+bench_work bench-failover
+bench_private_bins failover
 
 # Ports away from the playground (5005x), bench-compare (5106x) and
 # bench-move (5107x).

@@ -32,31 +32,10 @@ RATE=${BENCH_RATE:-500}
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/ringkv/target}
 # BENCH_BIN_DIR: where ringkv-server and ringkv-bench are taken from.
 BIN_DIR=${BENCH_BIN_DIR:-$TARGET/release}
-[[ -x $BIN_DIR/ringkv-server && -x $BIN_DIR/ringkv-bench ]] ||
-    die "build first: cargo build --release -p ringkv-server -p ringkv-bench"
-
-WORK=$(mktemp -d /tmp/ringkv-bench-move.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# The target directory may be shared with other checkouts: run private
-# copies, so a build elsewhere cannot swap the binaries under a running
-# benchmark.
-cp "$BIN_DIR/ringkv-server" "$BIN_DIR/ringkv-bench" "$WORK/"
-SERVER=$WORK/ringkv-server
-BENCH=$WORK/ringkv-bench
-"$BENCH" move-shard --help >/dev/null 2>&1 ||
-    die "$BIN_DIR/ringkv-bench has no move-shard (built from another checkout?): rebuild it here"
+# shellcheck source=scripts/lib/bench-common.sh
+source scripts/lib/bench-common.sh
+bench_work bench-move
+bench_private_bins move-shard
 
 # Ports away from the playground (5005x) and bench-compare (5106x).
 RK=(127.0.0.1:51071 127.0.0.1:51072 127.0.0.1:51073 127.0.0.1:51074)
