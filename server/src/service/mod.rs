@@ -19,7 +19,7 @@ use ringkv_proto::v1::admin_server::AdminServer;
 use ringkv_proto::v1::kv_server::KvServer;
 use ringkv_proto::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::node::Node;
 use crate::raft::network::TRANSPORT_GRPC_BYTES_MAX;
@@ -87,8 +87,13 @@ pub async fn serve(
     if let Ok(r) = reflection_v1alpha {
         router = router.add_service(r);
     }
+    // The builder's `tcp_nodelay` only reaches listeners tonic binds itself:
+    // an accepted stream of our own listener needs it set here, or Nagle
+    // holds small responses and Raft messages back behind unacknowledged
+    // data (up to a delayed-ACK timeout of 40 ms on Linux).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
