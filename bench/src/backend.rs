@@ -76,11 +76,17 @@ pub enum Backend {
 
 impl Backend {
     /// Connects. `endpoints` are `host:port` of the nodes (the first is used
-    /// by `ringkv-forward`); `dir` holds the `rocksdb-local` database.
-    pub async fn connect(kind: Kind, endpoints: &[String], dir: &Path) -> anyhow::Result<Self> {
+    /// by `ringkv-forward`); `dir` holds the `rocksdb-local` database;
+    /// `client_cfg` configures the smart client of `ringkv`.
+    pub async fn connect(
+        kind: Kind,
+        endpoints: &[String],
+        dir: &Path,
+        client_cfg: ringkv_client::Config,
+    ) -> anyhow::Result<Self> {
         Ok(match kind {
             Kind::Ringkv => {
-                let c = ringkv_client::Client::connect(endpoints)
+                let c = ringkv_client::Client::connect_with(endpoints, client_cfg)
                     .await
                     .context("connect ringkv")?;
                 Backend::Smart(Arc::new(c))
@@ -218,7 +224,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_backend_reads_writes_and_swaps() {
         let dir = tempfile::tempdir().unwrap();
-        let mut b = Backend::connect(Kind::RocksdbLocal, &[], dir.path()).await.unwrap();
+        let mut b = Backend::connect(Kind::RocksdbLocal, &[], dir.path(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(b.read(b"k").await.unwrap(), None);
         b.write(b"k", b"1").await.unwrap();
         assert_eq!(b.read(b"k").await.unwrap(), Some(b"1".to_vec()));

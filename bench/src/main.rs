@@ -52,6 +52,20 @@ enum Cmd {
         /// JSON-lines file the result is appended to.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// ringkv backend: the client's `put_batch_keys_max` (1 = no put
+        /// coalescing; default: the client's default).
+        #[arg(long)]
+        put_batch_keys_max: Option<usize>,
+        /// ringkv backend: the client's `put_batches_in_flight_per_shard`.
+        #[arg(long)]
+        put_batches_in_flight: Option<usize>,
+        /// ringkv backend: the client's `get_batch_keys_max` (1 = no get
+        /// coalescing).
+        #[arg(long)]
+        get_batch_keys_max: Option<usize>,
+        /// ringkv backend: the client's `get_batches_in_flight_per_shard`.
+        #[arg(long)]
+        get_batches_in_flight: Option<usize>,
     },
     /// Move a replica of a loaded shard to another node under foreground
     /// load; report the move rate and the latency before and during it.
@@ -110,10 +124,27 @@ async fn main() -> anyhow::Result<()> {
             cfg,
             load,
             out,
+            put_batch_keys_max,
+            put_batches_in_flight,
+            get_batch_keys_max,
+            get_batches_in_flight,
         } => {
             cfg.validate()?;
             let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
-            let b = Backend::connect(backend, &endpoints, &data_dir).await?;
+            let mut client_cfg = ringkv_client::Config::default();
+            if let Some(n) = put_batch_keys_max {
+                client_cfg.put_batch_keys_max = n;
+            }
+            if let Some(n) = put_batches_in_flight {
+                client_cfg.put_batches_in_flight_per_shard = n;
+            }
+            if let Some(n) = get_batch_keys_max {
+                client_cfg.get_batch_keys_max = n;
+            }
+            if let Some(n) = get_batches_in_flight {
+                client_cfg.get_batches_in_flight_per_shard = n;
+            }
+            let b = Backend::connect(backend, &endpoints, &data_dir, client_cfg).await?;
             if load {
                 eprintln!("loading {} records into {}", cfg.records, backend.name());
                 runner::load(&b, cfg.records, cfg.value_bytes, cfg.concurrency).await?;

@@ -333,7 +333,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closed_and_open_loops_measure_the_local_backend() {
         let dir = tempfile::tempdir().unwrap();
-        let b = Backend::connect(Kind::RocksdbLocal, &[], dir.path()).await.unwrap();
+        let b = Backend::connect(Kind::RocksdbLocal, &[], dir.path(), Default::default())
+            .await
+            .unwrap();
         load(&b, 200, 64, 4).await.unwrap();
         for w in [Workload::A, Workload::D, Workload::F, Workload::Write] {
             let r = run(&b, "local", cfg(w, None)).await.unwrap();

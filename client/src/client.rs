@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use crate::backoff::Backoff;
+use crate::coalesce;
+use crate::coalesce::Queues;
 use crate::error::terminal;
 use crate::error::AttemptError;
 use crate::pool::normalize;
@@ -60,11 +63,36 @@ struct Inner {
     slots: Arc<Semaphore>,
     rr: AtomicUsize,
     stats: Counters,
+    /// Puts waiting to be coalesced, per shard.
+    puts: Mutex<Queues<u64, QueuedPut>>,
+    /// Gets waiting to be coalesced, per shard and consistency.
+    gets: Mutex<Queues<(u64, Consistency), QueuedGet>>,
+}
+
+/// A get waiting in its shard's coalescing queue.
+#[derive(Debug)]
+struct QueuedGet {
+    key: Vec<u8>,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Vec<u8>>, Error>>,
+}
+
+/// A put waiting in its shard's coalescing queue.
+#[derive(Debug)]
+struct QueuedPut {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<Result<(), Error>>,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     operations: AtomicU64,
+    put_batches: AtomicU64,
+    coalesced_puts: AtomicU64,
+    get_batches: AtomicU64,
+    coalesced_gets: AtomicU64,
     attempts: AtomicU64,
     refreshes: AtomicU64,
     not_leader: AtomicU64,
@@ -90,6 +118,16 @@ pub struct ClientStats {
     pub not_leader: u64,
     /// Answers a node served by forwarding to another (the route was stale).
     pub forwarded: u64,
+    /// `BatchPut` requests sent for two or more coalesced puts (see
+    /// [`Config::put_batch_keys_max`]).
+    pub put_batches: u64,
+    /// Puts that left in those batches.
+    pub coalesced_puts: u64,
+    /// `BatchGet` requests sent for two or more coalesced gets (see
+    /// [`Config::get_batch_keys_max`]).
+    pub get_batches: u64,
+    /// Gets that left in those batches.
+    pub coalesced_gets: u64,
 }
 
 /// The result of [`Client::compare_and_swap`].
@@ -241,8 +279,9 @@ fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
-/// The typed error of the first failed key of a batch part, if any.
-fn batch_error(results: &[KeyResult], expected: usize) -> Result<(), AttemptError> {
+/// The typed error of the first failed key of a batch part, if any; for a
+/// `write`, marked as maybe applied when other keys succeeded.
+fn batch_error(results: &[KeyResult], expected: usize, write: bool) -> Result<(), AttemptError> {
     if results.len() != expected {
         return Err(AttemptError::Untyped {
             code: tonic::Code::Internal,
@@ -251,10 +290,16 @@ fn batch_error(results: &[KeyResult], expected: usize) -> Result<(), AttemptErro
     }
     if let Some(d) = results.iter().find_map(|r| r.error.clone()) {
         let code = ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal);
-        return Err(AttemptError::Server {
+        let e = AttemptError::Server {
             code,
             detail: Box::new(d),
-        });
+        };
+        // Keys of another shard went through: a write is no longer known
+        // to have failed, whatever this key's error says.
+        if write && results.iter().any(|r| r.error.is_none()) {
+            return Err(AttemptError::PartlyApplied(Box::new(e)));
+        }
+        return Err(e);
     }
     Ok(())
 }
@@ -313,6 +358,16 @@ impl Client {
         if seeds.is_empty() {
             return Err(Error::Config("no endpoints given".into()));
         }
+        let put_limits = coalesce::Limits {
+            keys_max: cfg.put_batch_keys_max,
+            bytes_max: cfg.put_batch_bytes_max,
+            in_flight_max: cfg.put_batches_in_flight_per_shard,
+        };
+        let get_limits = coalesce::Limits {
+            keys_max: cfg.get_batch_keys_max,
+            bytes_max: usize::MAX,
+            in_flight_max: cfg.get_batches_in_flight_per_shard,
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 slots: Arc::new(Semaphore::new(cfg.max_in_flight)),
@@ -323,6 +378,8 @@ impl Client {
                 session: Arc::new(Session::new()),
                 rr: AtomicUsize::new(0),
                 stats: Counters::default(),
+                puts: Mutex::new(Queues::new(put_limits)),
+                gets: Mutex::new(Queues::new(get_limits)),
             }),
         };
         client.refresh_routing().await?;
@@ -367,6 +424,10 @@ impl Client {
             routing_refreshes: c.refreshes.load(Ordering::Relaxed),
             not_leader: c.not_leader.load(Ordering::Relaxed),
             forwarded: c.forwarded.load(Ordering::Relaxed),
+            put_batches: c.put_batches.load(Ordering::Relaxed),
+            coalesced_puts: c.coalesced_puts.load(Ordering::Relaxed),
+            get_batches: c.get_batches.load(Ordering::Relaxed),
+            coalesced_gets: c.coalesced_gets.load(Ordering::Relaxed),
         }
     }
 
@@ -488,23 +549,41 @@ impl Client {
     /// ```
     pub async fn get_with(&self, key: impl AsRef<[u8]>, opts: &CallOptions) -> Result<Option<Vec<u8>>, Error> {
         let key = key.as_ref().to_vec();
-        let token = token_of(&key);
         let consistency = opts.consistency;
-        self.inner
-            .execute(vec![token], opts, None, consistency, move |a| {
-                let key = key.clone();
-                async move {
-                    let mut h = a.header;
-                    h.consistency = proto_consistency(consistency) as i32;
-                    let r = kv_client(a.channel, a.max_message)
-                        .get(request(GetRequest { header: Some(h), key }, a.timeout))
-                        .await
-                        .map_err(|s| AttemptError::from_status(&s))?
-                        .into_inner();
-                    Ok((r.found.then_some(r.value), r.header))
-                }
-            })
-            .await
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.inner.cfg.request_timeout);
+        let shard = (self.inner.cfg.get_batch_keys_max > 1)
+            .then(|| self.inner.router.read(|t| t.shard_for_token(token_of(&key))))
+            .flatten();
+        let Some(shard) = shard else {
+            return self.inner.get_one(key, consistency, deadline).await;
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let bytes = key.len();
+        let queued = QueuedGet { key, deadline, reply };
+        let queue = (shard, consistency);
+        let pushed = self
+            .inner
+            .gets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(queue, queued, bytes);
+        match pushed {
+            Ok(Some(batch)) => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.run_get_batches(queue, batch).await });
+            }
+            Ok(None) => {}
+            Err(g) => return self.inner.get_one(g.key, consistency, deadline).await,
+        }
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Transport {
+                message: "the task sending this get's batch stopped before its answer".into(),
+            }),
+            Err(_) => Err(Error::DeadlineExceeded {
+                message: "deadline passed while this get was queued or in flight in a coalesced batch".into(),
+            }),
+        }
     }
 
     /// Writes `value` under `key`, exactly once even across retries.
@@ -538,28 +617,48 @@ impl Client {
         opts: &CallOptions,
     ) -> Result<(), Error> {
         let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
-        let token = token_of(&key);
-        let ticket = self.inner.session.begin();
-        self.inner
-            .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
-                let (key, value) = (key.clone(), value.clone());
-                async move {
-                    let r = kv_client(a.channel, a.max_message)
-                        .put(request(
-                            PutRequest {
-                                header: Some(a.header),
-                                key,
-                                value,
-                            },
-                            a.timeout,
-                        ))
-                        .await
-                        .map_err(|s| AttemptError::from_status(&s))?
-                        .into_inner();
-                    Ok(((), r.header))
-                }
-            })
-            .await
+        let deadline = Instant::now() + opts.timeout.unwrap_or(self.inner.cfg.request_timeout);
+        let shard = (self.inner.cfg.put_batch_keys_max > 1)
+            .then(|| self.inner.router.read(|t| t.shard_for_token(token_of(&key))))
+            .flatten();
+        let Some(shard) = shard else {
+            return self.inner.put_one(key, value, deadline).await;
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let bytes = key.len() + value.len();
+        let queued = QueuedPut {
+            key,
+            value,
+            deadline,
+            reply,
+        };
+        let pushed = self
+            .inner
+            .puts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shard, queued, bytes);
+        match pushed {
+            Ok(Some(batch)) => {
+                // Sent from a task of its own: the batch carries other
+                // callers' puts and must not die with this caller's future.
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.run_put_batches(shard, batch).await });
+            }
+            Ok(None) => {}
+            Err(p) => return self.inner.put_one(p.key, p.value, deadline).await,
+        }
+        // The batch runs until its latest deadline; this put answers by its
+        // own. Once queued it may be applied whenever its batch leaves.
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Indeterminate {
+                message: "the task sending this put's batch stopped before its answer".into(),
+            }),
+            Err(_) => Err(Error::Indeterminate {
+                message: "deadline passed while this put was queued or in flight in a coalesced batch".into(),
+            }),
+        }
     }
 
     /// Deletes `key`; returns whether it existed.
@@ -730,7 +829,7 @@ impl Client {
                         .await
                         .map_err(|s| AttemptError::from_status(&s))?
                         .into_inner();
-                    batch_error(&r.results, n)?;
+                    batch_error(&r.results, n, false)?;
                     let values: Vec<Option<Vec<u8>>> =
                         r.results.into_iter().map(|kr| kr.found.then_some(kr.value)).collect();
                     Ok((values, r.header))
@@ -805,7 +904,7 @@ impl Client {
                                 .await
                                 .map_err(|s| AttemptError::from_status(&s))?
                                 .into_inner();
-                            batch_error(&r.results, n)?;
+                            batch_error(&r.results, n, true)?;
                             Ok(((), r.header))
                         }
                     })
@@ -1008,6 +1107,195 @@ struct Pick {
 }
 
 impl Inner {
+    /// One put as its own `Put` request, finished by `deadline`.
+    async fn put_one(self: &Arc<Self>, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<(), Error> {
+        let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
+        let token = token_of(&key);
+        let ticket = self.session.begin();
+        self.execute(vec![token], &opts, Some(&ticket), Consistency::Linearizable, move |a| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let r = kv_client(a.channel, a.max_message)
+                    .put(request(
+                        PutRequest {
+                            header: Some(a.header),
+                            key,
+                            value,
+                        },
+                        a.timeout,
+                    ))
+                    .await
+                    .map_err(|s| AttemptError::from_status(&s))?
+                    .into_inner();
+                Ok(((), r.header))
+            }
+        })
+        .await
+    }
+
+    /// One get as its own `Get` request, finished by `deadline`.
+    async fn get_one(
+        self: &Arc<Self>,
+        key: Vec<u8>,
+        consistency: Consistency,
+        deadline: Instant,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
+        let token = token_of(&key);
+        self.execute(vec![token], &opts, None, consistency, move |a| {
+            let key = key.clone();
+            async move {
+                let mut h = a.header;
+                h.consistency = proto_consistency(consistency) as i32;
+                let r = kv_client(a.channel, a.max_message)
+                    .get(request(GetRequest { header: Some(h), key }, a.timeout))
+                    .await
+                    .map_err(|s| AttemptError::from_status(&s))?
+                    .into_inner();
+                Ok((r.found.then_some(r.value), r.header))
+            }
+        })
+        .await
+    }
+
+    /// Sends `batch`, a coalesced batch of gets, and every batch its queue
+    /// hands this slot after it, answering each get.
+    async fn run_get_batches(self: Arc<Self>, queue: (u64, Consistency), batch: Vec<QueuedGet>) {
+        let mut batch = batch;
+        loop {
+            self.send_get_batch(queue.1, batch).await;
+            let next = self.gets.lock().unwrap_or_else(|p| p.into_inner()).finish(queue);
+            match next {
+                Some(b) => batch = b,
+                None => return,
+            }
+        }
+    }
+
+    /// One batch of gets as one `BatchGet` (a single get as a plain `Get`),
+    /// by the latest deadline among them (each caller stops waiting at its
+    /// own). Should the batch fail as a
+    /// whole, each get is tried again on its own: reads may repeat.
+    async fn send_get_batch(self: &Arc<Self>, consistency: Consistency, mut batch: Vec<QueuedGet>) {
+        assert!(!batch.is_empty() && batch.len() <= self.cfg.get_batch_keys_max);
+        if batch.len() == 1 {
+            if let Some(g) = batch.pop() {
+                let r = self.get_one(g.key, consistency, g.deadline).await;
+                let _ = g.reply.send(r);
+            }
+            return;
+        }
+        self.stats.get_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .coalesced_gets
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let deadline = batch.iter().map(|g| g.deadline).max().unwrap_or_else(Instant::now);
+        let keys: Vec<Vec<u8>> = batch.iter().map(|g| g.key.clone()).collect();
+        let tokens = keys.iter().map(|k| token_of(k)).collect();
+        let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
+        let r = self
+            .execute(tokens, &opts, None, consistency, move |a| {
+                let keys = keys.clone();
+                async move {
+                    let n = keys.len();
+                    let mut h = a.header;
+                    h.consistency = proto_consistency(consistency) as i32;
+                    let r = kv_client(a.channel, a.max_message)
+                        .batch_get(request(BatchGetRequest { header: Some(h), keys }, a.timeout))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    batch_error(&r.results, n, false)?;
+                    Ok((r.results, r.header))
+                }
+            })
+            .await;
+        match r {
+            Ok(results) => {
+                assert_eq!(results.len(), batch.len(), "checked by batch_error");
+                for (g, kr) in batch.into_iter().zip(results) {
+                    let _ = g.reply.send(Ok(kr.found.then_some(kr.value)));
+                }
+            }
+            Err(_) => {
+                futures::future::join_all(batch.into_iter().map(|g| async move {
+                    let r = self.get_one(g.key, consistency, g.deadline).await;
+                    let _ = g.reply.send(r);
+                }))
+                .await;
+            }
+        }
+    }
+
+    /// Sends `batch`, a coalesced batch of `shard`, and every batch the
+    /// shard's queue hands this slot after it, answering each put.
+    async fn run_put_batches(self: Arc<Self>, shard: u64, batch: Vec<QueuedPut>) {
+        let mut batch = batch;
+        loop {
+            self.send_put_batch(batch).await;
+            let next = self.puts.lock().unwrap_or_else(|p| p.into_inner()).finish(shard);
+            match next {
+                Some(b) => batch = b,
+                None => return,
+            }
+        }
+    }
+
+    /// One batch as one `BatchPut` (a single put as a plain `Put`) with one
+    /// session sequence, by the latest deadline among its puts (each caller
+    /// stops waiting at its own).
+    async fn send_put_batch(self: &Arc<Self>, mut batch: Vec<QueuedPut>) {
+        assert!(!batch.is_empty() && batch.len() <= self.cfg.put_batch_keys_max);
+        if batch.len() == 1 {
+            if let Some(p) = batch.pop() {
+                let r = self.put_one(p.key, p.value, p.deadline).await;
+                let _ = p.reply.send(r);
+            }
+            return;
+        }
+        self.stats.put_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .coalesced_puts
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut pairs = Vec::with_capacity(batch.len());
+        for p in batch {
+            replies.push(p.reply);
+            pairs.push(KeyValue {
+                key: p.key,
+                value: p.value,
+            });
+        }
+        let tokens = pairs.iter().map(|p| token_of(&p.key)).collect();
+        let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
+        let ticket = self.session.begin();
+        let r = self
+            .execute(tokens, &opts, Some(&ticket), Consistency::Linearizable, move |a| {
+                let pairs = pairs.clone();
+                async move {
+                    let n = pairs.len();
+                    let r = kv_client(a.channel, a.max_message)
+                        .batch_put(request(
+                            BatchPutRequest {
+                                header: Some(a.header),
+                                pairs,
+                            },
+                            a.timeout,
+                        ))
+                        .await
+                        .map_err(|s| AttemptError::from_status(&s))?
+                        .into_inner();
+                    batch_error(&r.results, n, true)?;
+                    Ok(((), r.header))
+                }
+            })
+            .await;
+        for reply in replies {
+            let _ = reply.send(r.clone());
+        }
+    }
+
     fn backoff(&self) -> Backoff {
         Backoff {
             base: self.cfg.backoff_base,
@@ -1361,5 +1649,47 @@ impl Inner {
                 message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed_key(code: ErrorCode) -> KeyResult {
+        KeyResult {
+            error: Some(ErrorDetail {
+                code: code as i32,
+                ..ErrorDetail::default()
+            }),
+            ..KeyResult::default()
+        }
+    }
+
+    #[test]
+    fn a_write_batch_failing_in_part_may_have_been_applied() {
+        let all_failed = [failed_key(ErrorCode::NotLeader), failed_key(ErrorCode::NotLeader)];
+        let e = batch_error(&all_failed, 2, true).unwrap_err();
+        assert!(!e.maybe_applied(), "NOT_LEADER on every key: nothing applied");
+        let part = [KeyResult::default(), failed_key(ErrorCode::NotLeader)];
+        let e = batch_error(&part, 2, true).unwrap_err();
+        assert!(
+            matches!(e, AttemptError::PartlyApplied(_)) && e.maybe_applied(),
+            "{e:?}"
+        );
+        // A read keeps the key's own error, hint included.
+        let e = batch_error(&part, 2, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AttemptError::Server {
+                    code: ErrorCode::NotLeader,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(batch_error(&[KeyResult::default()], 1, true).is_ok());
+        assert!(batch_error(&[KeyResult::default()], 2, true).is_err(), "short answer");
     }
 }

@@ -198,6 +198,9 @@ pub(crate) enum AttemptError {
     /// The gRPC call failed with a status that carries no ringkv detail
     /// and is not a transport failure.
     Untyped { code: tonic::Code, message: String },
+    /// Part of a batch that spans shards was applied and this error stopped
+    /// the rest: the write as a whole may have been applied.
+    PartlyApplied(Box<AttemptError>),
 }
 
 impl AttemptError {
@@ -237,6 +240,7 @@ impl AttemptError {
             AttemptError::Connect(_) => false,
             AttemptError::Lost(_) => true,
             AttemptError::Untyped { .. } => true,
+            AttemptError::PartlyApplied(_) => true,
             AttemptError::Server { code, .. } => !matches!(
                 code,
                 ErrorCode::NotLeader
@@ -255,6 +259,7 @@ impl AttemptError {
             AttemptError::Connect(m) => format!("connect failed: {m}"),
             AttemptError::Lost(m) => format!("no answer: {m}"),
             AttemptError::Untyped { code, message } => format!("{code:?}: {message}"),
+            AttemptError::PartlyApplied(e) => format!("part of the batch applied, then {}", e.message()),
         }
     }
 }

@@ -19,6 +19,12 @@
 //!   taken once per logical write, with `first_incomplete_sequence` (the
 //!   oldest write still awaiting its reply) so several writes may be in
 //!   flight. It lives as long as the client, across reconnects.
+//! - **Coalescing**: concurrent puts to one shard leave as one `BatchPut`
+//!   (one Raft entry, one session sequence, retried as a unit), concurrent
+//!   gets of one shard as one `BatchGet`, whenever the shard already has a
+//!   batch in flight ([`Config::put_batch_keys_max`],
+//!   [`Config::get_batch_keys_max`]; 1 turns it off). A lone request waits
+//!   for nothing; [`ClientStats`] counts the batches.
 //! - **Connections**: one HTTP/2 channel per node, connected lazily, kept
 //!   alive with pings and reused by every request.
 //! - **Typed errors**: [`Error`] with a stable [`ErrorKind`]; an
@@ -50,6 +56,7 @@ pub mod backup;
 mod backoff;
 mod breaker;
 mod client;
+mod coalesce;
 mod config;
 mod error;
 mod placement;
