@@ -92,9 +92,7 @@ pub async fn serve(
     // holds small responses and Raft messages back behind unacknowledged
     // data (up to a delayed-ACK timeout of 40 ms on Linux).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    router.serve_with_incoming_shutdown(incoming, shutdown).await
 }
 
 /// Keeps `ringkv.v1.Kv` SERVING while every hosted shard has a leader.
