@@ -62,7 +62,9 @@ impl<K: Hash + Eq + Copy + std::fmt::Debug, T> Queues<K, T> {
 
     /// Queues a request of `bytes` bytes under `shard`. Returns the batch
     /// to send now, if the queue has a free slot, or gives the request back
-    /// when every queue together is full ([`QUEUED_REQUESTS_MAX`]).
+    /// when every queue together is full ([`QUEUED_REQUESTS_MAX`]). A batch
+    /// returned here is always the pushed request alone: requests wait only
+    /// while every slot is taken, and a freed slot takes them at once.
     pub fn push(&mut self, shard: K, item: T, bytes: usize) -> Result<Option<Vec<T>>, T> {
         if self.queued >= QUEUED_REQUESTS_MAX {
             return Err(item);
@@ -123,6 +125,10 @@ impl<K: Hash + Eq + Copy + std::fmt::Debug, T> Queues<K, T> {
         assert!(!batch.is_empty());
         q.in_flight += 1;
         self.queued -= batch.len();
+        assert!(
+            q.waiting.is_empty() || q.in_flight == limits.in_flight_max,
+            "requests wait only while every slot is taken"
+        );
         Some(batch)
     }
 }
