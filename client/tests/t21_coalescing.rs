@@ -3,12 +3,19 @@
 //! at once, so most puts and gets leave in `BatchPut` and `BatchGet`
 //! batches. Every acknowledged put is read back, by the writer at once and
 //! by a fresh client at the end; concurrent puts to one key leave one of
-//! the written values. A client with coalescing off sends no batch.
+//! the written values. A client with coalescing off sends no batch. And
+//! with the leader of the busiest shard killed with -9 in the middle of the
+//! writes, no acknowledged coalesced put is lost.
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use common::Cluster;
 use common::Opts;
@@ -125,4 +132,100 @@ async fn coalesced_puts_and_gets_are_each_answered_and_durable() {
     );
     let v = client.get(key(TASKS - 1, PUTS_PER_TASK - 1)).await.expect("get");
     assert_eq!(v, Some(format!("b-{}-{}", TASKS - 1, PUTS_PER_TASK - 1).into_bytes()));
+}
+
+/// Bound on the fault run (the waits below poll a condition, never sleep
+/// a fixed time).
+const FAULT_RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_coalesced_put_is_lost_when_a_leader_is_killed() {
+    let mut c = Cluster::start(Opts {
+        shards: SHARDS,
+        ..Opts::default()
+    })
+    .await;
+    let client = Client::connect_with([c.addr(1), c.addr(2), c.addr(3)], cfg())
+        .await
+        .expect("connect");
+    let mut per_shard: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in 0..TASKS {
+        for i in 0..PUTS_PER_TASK {
+            *per_shard
+                .entry(client.shard_of(key(t, i)).expect("routed"))
+                .or_default() += 1;
+        }
+    }
+    let (&busiest, _) = per_shard.iter().max_by_key(|(_, n)| **n).expect("keys");
+    let victim = c.leader_of(busiest).await.expect("busiest shard has a leader");
+    let total = (TASKS * PUTS_PER_TASK) as u64;
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + FAULT_RUN_TIMEOUT;
+
+    // Each task writes its keys in turn; it keeps going past an error and
+    // reports which puts were acknowledged and which failed.
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let client = client.clone();
+            let acked = acked.clone();
+            tokio::spawn(async move {
+                let mut outcome = Vec::with_capacity(PUTS_PER_TASK);
+                for i in 0..PUTS_PER_TASK {
+                    let r = client.put(key(t, i), format!("k-{t}-{i}")).await;
+                    if r.is_ok() {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outcome.push(r);
+                }
+                outcome
+            })
+        })
+        .collect();
+    while acked.load(Ordering::Relaxed) < total / 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a third of the puts not acknowledged in time"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.kill(victim);
+    eprintln!(
+        "killed node {victim}, leader of shard {busiest}, after {} acknowledged puts",
+        acked.load(Ordering::Relaxed)
+    );
+    let mut outcomes = Vec::new();
+    for h in tasks {
+        let r = tokio::time::timeout_at(deadline.into(), h)
+            .await
+            .expect("writers finish within the run timeout")
+            .expect("writer task");
+        outcomes.push(r);
+    }
+    let s = client.stats();
+    eprintln!("client stats {s:?}");
+    assert!(s.put_batches > 0, "{s:?}");
+
+    // Every acknowledged put is there; a failed one must have been
+    // reported as possibly applied or definitely not, and then either
+    // value is fine only when indeterminate.
+    let mut failed = 0;
+    for (t, outcome) in outcomes.iter().enumerate() {
+        let keys: Vec<Vec<u8>> = (0..PUTS_PER_TASK).map(|i| key(t, i)).collect();
+        let got = client.batch_get(&keys).await.expect("final batch get");
+        for (i, (r, v)) in outcome.iter().zip(got).enumerate() {
+            let want = format!("k-{t}-{i}").into_bytes();
+            match r {
+                Ok(()) => assert_eq!(v, Some(want), "acknowledged put {t}/{i} lost"),
+                Err(e) if e.is_indeterminate() => failed += 1,
+                Err(e) => {
+                    failed += 1;
+                    assert_eq!(v, None, "put {t}/{i} failed definitely ({e}) but was applied");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        failed, 0,
+        "with a 60 s deadline every put rides through one node's loss"
+    );
 }
