@@ -108,7 +108,7 @@ struct Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
     /// Operations started (a batch counts once per shard part, a scan once
-    /// per page).
+    /// per page, a coalesced batch of puts or gets once).
     pub operations: u64,
     /// RPC attempts made for them; `attempts - operations` were retries.
     pub attempts: u64,
@@ -1258,20 +1258,18 @@ impl Inner {
             .coalesced_puts
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut pairs = Vec::with_capacity(batch.len());
-        for p in batch {
-            replies.push(p.reply);
-            pairs.push(KeyValue {
-                key: p.key,
-                value: p.value,
-            });
-        }
+        let pairs: Vec<KeyValue> = batch
+            .iter()
+            .map(|p| KeyValue {
+                key: p.key.clone(),
+                value: p.value.clone(),
+            })
+            .collect();
         let tokens = pairs.iter().map(|p| token_of(&p.key)).collect();
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
         let ticket = self.session.begin();
         let r = self
-            .execute(tokens, &opts, Some(&ticket), Consistency::Linearizable, move |a| {
+            .execute(tokens, &opts, Some(&ticket), Consistency::Linearizable, |a| {
                 let pairs = pairs.clone();
                 async move {
                     let n = pairs.len();
@@ -1291,8 +1289,24 @@ impl Inner {
                 }
             })
             .await;
-        for reply in replies {
-            let _ = reply.send(r.clone());
+        drop(ticket);
+        match r {
+            // The server refused the request as a whole before proposing
+            // it (one put's key or value broke a limit): nothing was
+            // applied, so each put goes again alone and gets its own
+            // verdict; one caller's bad put must not fail the others.
+            Err(Error::InvalidArgument { .. }) => {
+                futures::future::join_all(batch.into_iter().map(|p| async move {
+                    let r = self.put_one(p.key, p.value, p.deadline).await;
+                    let _ = p.reply.send(r);
+                }))
+                .await;
+            }
+            r => {
+                for p in batch {
+                    let _ = p.reply.send(r.clone());
+                }
+            }
         }
     }
 

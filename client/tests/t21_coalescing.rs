@@ -103,6 +103,45 @@ async fn coalesced_puts_and_gets_are_each_answered_and_durable() {
     let last = String::from_utf8(last).expect("utf8");
     assert!((0..TASKS).any(|t| last == format!("w{t}")), "unexpected value {last}");
 
+    // A put the server refuses (an empty key) fails alone: the puts it
+    // shared a batch with still succeed. Keys in the empty key's shard,
+    // so that they queue together.
+    let shard = client.shard_of("").expect("routed");
+    let peers: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| format!("t21-peer-{i}").into_bytes())
+        .filter(|k| client.shard_of(k) == Some(shard))
+        .take(32)
+        .collect();
+    for round in 0..5 {
+        let before = client.stats().coalesced_puts;
+        // The bad put is started in the middle, so that it queues behind
+        // the first valid ones and leaves in a batch with others.
+        let spawn_good = |k: &Vec<u8>| {
+            let (client, k) = (client.clone(), k.clone());
+            tokio::spawn(async move { client.put(k, format!("r{round}")).await })
+        };
+        let mut good: Vec<_> = peers[..16].iter().map(spawn_good).collect();
+        let bad = {
+            let client = client.clone();
+            tokio::spawn(async move { client.put("", "x").await })
+        };
+        good.extend(peers[16..].iter().map(spawn_good));
+        for g in good {
+            g.await
+                .expect("task panicked")
+                .expect("a valid put next to an invalid one");
+        }
+        let e = bad.await.expect("task panicked").expect_err("an empty key is refused");
+        assert_eq!(e.kind(), ringkv_client::ErrorKind::InvalidArgument, "{e}");
+        assert!(
+            client.stats().coalesced_puts > before,
+            "the round's puts shared batches"
+        );
+    }
+    for k in &peers {
+        assert_eq!(client.get(k).await.expect("get peer"), Some(b"r4".to_vec()));
+    }
+
     // A fresh client (no coalescing) sees every acknowledged put.
     let plain = Client::connect_with(
         [c.addr(2)],
