@@ -93,6 +93,7 @@ struct Counters {
     coalesced_puts: AtomicU64,
     get_batches: AtomicU64,
     coalesced_gets: AtomicU64,
+    slow_batches: AtomicU64,
     attempts: AtomicU64,
     refreshes: AtomicU64,
     not_leader: AtomicU64,
@@ -128,6 +129,9 @@ pub struct ClientStats {
     pub get_batches: u64,
     /// Gets that left in those batches.
     pub coalesced_gets: u64,
+    /// Coalesced batches that gave their slot up, unanswered after
+    /// [`Config::batch_slot_hold_max`].
+    pub slow_batches: u64,
 }
 
 /// The result of [`Client::compare_and_swap`].
@@ -428,6 +432,7 @@ impl Client {
             coalesced_puts: c.coalesced_puts.load(Ordering::Relaxed),
             get_batches: c.get_batches.load(Ordering::Relaxed),
             coalesced_gets: c.coalesced_gets.load(Ordering::Relaxed),
+            slow_batches: c.slow_batches.load(Ordering::Relaxed),
         }
     }
 
@@ -1133,6 +1138,21 @@ impl Inner {
         .await
     }
 
+    /// Runs a batch in its queue's slot for at most
+    /// [`Config::batch_slot_hold_max`]; a batch still unanswered then (its
+    /// shard electing a leader, say) finishes in a task of its own and the
+    /// slot goes to the requests queued behind it, so that they keep
+    /// probing the shard instead of waiting out one batch's backoff.
+    async fn hold_slot(&self, mut send: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) {
+        if tokio::time::timeout(self.cfg.batch_slot_hold_max, &mut send)
+            .await
+            .is_err()
+        {
+            self.stats.slow_batches.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(send);
+        }
+    }
+
     /// One get as its own `Get` request, finished by `deadline`.
     async fn get_one(
         self: &Arc<Self>,
@@ -1163,7 +1183,9 @@ impl Inner {
     async fn run_get_batches(self: Arc<Self>, queue: (u64, Consistency), batch: Vec<QueuedGet>) {
         let mut batch = batch;
         loop {
-            self.send_get_batch(queue.1, batch).await;
+            let me = self.clone();
+            self.hold_slot(Box::pin(async move { me.send_get_batch(queue.1, batch).await }))
+                .await;
             let next = self.gets.lock().unwrap_or_else(|p| p.into_inner()).finish(queue);
             match next {
                 Some(b) => batch = b,
@@ -1232,7 +1254,9 @@ impl Inner {
     async fn run_put_batches(self: Arc<Self>, shard: u64, batch: Vec<QueuedPut>) {
         let mut batch = batch;
         loop {
-            self.send_put_batch(batch).await;
+            let me = self.clone();
+            self.hold_slot(Box::pin(async move { me.send_put_batch(batch).await }))
+                .await;
             let next = self.puts.lock().unwrap_or_else(|p| p.into_inner()).finish(shard);
             match next {
                 Some(b) => batch = b,

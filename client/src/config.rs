@@ -137,6 +137,12 @@ pub struct Config {
     /// Coalesced get batches of one shard and consistency in flight at
     /// once. Default 1.
     pub get_batches_in_flight_per_shard: usize,
+    /// Longest a coalesced batch keeps its shard's slot. A batch still
+    /// unanswered then (its shard is electing a leader, say) finishes on
+    /// its own and the requests queued behind it leave as the next batch,
+    /// so a shard's queue never waits out one batch's retry backoff.
+    /// Default 100 ms.
+    pub batch_slot_hold_max: Duration,
     /// Consecutive failures (no connection or no answer) after which a
     /// node's circuit breaker opens. Default 3.
     pub breaker_failure_threshold: u32,
@@ -177,6 +183,7 @@ impl Default for Config {
             put_batches_in_flight_per_shard: 1,
             get_batch_keys_max: 32,
             get_batches_in_flight_per_shard: 1,
+            batch_slot_hold_max: Duration::from_millis(100),
             breaker_failure_threshold: 3,
             breaker_cooldown: Duration::from_secs(2),
             keep_alive_interval: Duration::from_secs(10),
@@ -210,6 +217,9 @@ impl Config {
         }
         if self.get_batch_keys_max == 0 || self.get_batches_in_flight_per_shard == 0 {
             return bad("get_batch_keys_max and get_batches_in_flight_per_shard must be >= 1");
+        }
+        if self.batch_slot_hold_max.is_zero() {
+            return bad("batch_slot_hold_max must be > 0");
         }
         if self.breaker_failure_threshold == 0 {
             return bad("breaker_failure_threshold must be >= 1");
