@@ -96,7 +96,10 @@ pub struct Config {
     /// [`Config::backoff_max`]; each wait is drawn uniformly from
     /// `[d/2, d]` (jitter). Default 20 ms.
     pub backoff_base: Duration,
-    /// Upper bound of one backoff wait. Default 1 s.
+    /// Upper bound of one backoff wait. Default 250 ms: a write that keeps
+    /// retrying through a leader election follows the new leader within
+    /// about that, before enough later writes of this client complete to
+    /// push it out of the shard's session window (`StaleSequence`).
     pub backoff_max: Duration,
     /// Most operations in flight in this client at once; more wait for a
     /// slot. Keep it at or below the server's per-client session window
@@ -176,7 +179,7 @@ impl Default for Config {
             attempt_timeout: Duration::from_secs(4),
             max_attempts: 30,
             backoff_base: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(250),
             max_in_flight: 256,
             put_batch_keys_max: 128,
             put_batch_bytes_max: 1024 * 1024,
