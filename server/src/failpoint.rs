@@ -27,6 +27,13 @@ pub const SNAPSHOT_CORRUPT_CHUNK: &str = "snapshot.corrupt_chunk";
 pub const SNAPSHOT_SLOW_RECEIVE: &str = "snapshot.slow_receive";
 pub const SNAPSHOT_SLOW_RECEIVE_MS: u64 = 300;
 
+/// Holds a read that passed its read barrier until the node no longer
+/// hosts the shard and has deleted its data (at most
+/// [`KV_READ_WAITS_FOR_REMOVAL_MS_MAX`]): the race of a read against the
+/// removal of its replica, made certain.
+pub const KV_READ_WAITS_FOR_REMOVAL: &str = "kv.read_waits_for_removal";
+pub const KV_READ_WAITS_FOR_REMOVAL_MS_MAX: u64 = 120_000;
+
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
     TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))

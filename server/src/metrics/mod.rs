@@ -192,6 +192,18 @@ pub fn render(node: &Node) -> String {
         &node_label,
         node.stats.forwarded_requests.load(Ordering::Relaxed),
     );
+    family(
+        &mut out,
+        "ringkv_reads_raced_removal_total",
+        "counter",
+        "Local reads discarded because the replica was removed while they ran.",
+    );
+    sample(
+        &mut out,
+        "ringkv_reads_raced_removal_total",
+        &node_label,
+        node.stats.reads_raced_removal.load(Ordering::Relaxed),
+    );
 
     render_raft(node, &node_label, &mut out);
     render_rocksdb(node, &node_label, &mut out);

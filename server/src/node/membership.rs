@@ -333,6 +333,9 @@ impl Node {
             );
         }
         for id in hosted.difference(&desired).copied().filter(|id| *id != META_SHARD_ID) {
+            // Unregistered before its data is deleted: a read that passed
+            // its barrier just before checks the registration afterwards
+            // (`Node::read_replica`).
             let removed = self.shards.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
             if let Some(shard) = removed {
                 if let Err(e) = shard.raft.shutdown().await {

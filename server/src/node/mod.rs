@@ -87,6 +87,13 @@ pub struct Shard {
     pub reads: Arc<ReadIndex>,
 }
 
+/// A replica that passed [`Node::read_barrier`]: local reads go through
+/// it ([`Node::read_replica`]), which checks the replica was not removed
+/// from the node while they ran.
+pub struct ReadReplica {
+    shard: Arc<Shard>,
+}
+
 /// Key-value pairs in key order.
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -481,37 +488,86 @@ impl Node {
 
     /// Makes a read of `shard_id` safe at the requested consistency: for a
     /// linearizable read, confirms leadership with a (shared) quorum round
-    /// and waits until the local state machine caught up.
+    /// and waits until the local state machine caught up. Read the replica
+    /// through the returned [`ReadReplica`] only.
     pub async fn read_barrier(
         &self,
         shard_id: u64,
         consistency: ReadConsistency,
         deadline: Instant,
-    ) -> Result<(), ServerError> {
+    ) -> Result<ReadReplica, ServerError> {
         let shard = self.hosted(shard_id)?;
-        if consistency == ReadConsistency::Stale || self.cfg.testing.unsafe_reads_without_read_index {
-            return Ok(());
+        if consistency == ReadConsistency::Linearizable && !self.cfg.testing.unsafe_reads_without_read_index {
+            self.ensure_leader(&shard, deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            shard.reads.linearize(left).await.map_err(|reason| {
+                if Instant::now() >= deadline {
+                    ServerError::DeadlineExceeded(reason)
+                } else {
+                    ServerError::ShardUnavailable { shard_id, reason }
+                }
+            })?;
         }
-        self.ensure_leader(&shard, deadline).await?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        shard.reads.linearize(left).await.map_err(|reason| {
-            if Instant::now() >= deadline {
-                ServerError::DeadlineExceeded(reason)
-            } else {
-                ServerError::ShardUnavailable { shard_id, reason }
+        if shard_id != META_SHARD_ID && failpoint::fire(failpoint::KV_READ_WAITS_FOR_REMOVAL) {
+            self.wait_for_removal(shard_id).await;
+        }
+        Ok(ReadReplica { shard })
+    }
+
+    /// Failpoint [`failpoint::KV_READ_WAITS_FOR_REMOVAL`]: holds a read that
+    /// passed its barrier until this node has unregistered the shard and
+    /// finished deleting it, or [`failpoint::KV_READ_WAITS_FOR_REMOVAL_MS_MAX`].
+    async fn wait_for_removal(&self, shard_id: u64) {
+        let until = Instant::now() + Duration::from_millis(failpoint::KV_READ_WAITS_FOR_REMOVAL_MS_MAX);
+        tracing::warn!(shard = shard_id, "failpoint: a read waits for its replica's removal");
+        while self.hosts(shard_id) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Removal deletes the data under the reconcile lock.
+        drop(self.reconcile_lock.lock().await);
+    }
+
+    /// Runs `read` on the local data of `replica`, then confirms the replica
+    /// is still the one registered here. A replica that leaves the node is
+    /// unregistered before its data is deleted (`reconcile_locked`), so a
+    /// read that finished while it was still registered saw that data
+    /// intact; otherwise (a removal raced the read after its barrier) the
+    /// answer is discarded and the caller gets the hint of a non-hosted
+    /// shard, as if the read had arrived a moment later.
+    pub fn read_replica<T>(
+        &self,
+        replica: &ReadReplica,
+        read: impl FnOnce() -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let out = read()?;
+        match self.shard(replica.shard.id) {
+            Some(s) if Arc::ptr_eq(&s, &replica.shard) => Ok(out),
+            _ => {
+                self.stats.inc(&self.stats.reads_raced_removal);
+                Err(self.remote_hint(replica.shard.id))
             }
-        })
+        }
     }
 
-    /// Reads a key from the local replica (call [`Self::read_barrier`] first).
-    pub fn read_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ServerError> {
+    /// Reads a key from the local replica that passed a read barrier.
+    pub fn read_local(&self, replica: &ReadReplica, key: &[u8]) -> Result<Option<Vec<u8>>, ServerError> {
         let dk = keys::data_key(crate::ring::token_of(key), key);
-        Ok(self.db.get(Cf::Data, &dk)?)
+        self.read_replica(replica, || Ok(self.db.get(Cf::Data, &dk)?))
     }
 
-    /// Up to `limit` pairs of `shard_id` with `start <= key < end` (`end`
-    /// empty = unbounded), in key order, from the local replica.
-    pub fn scan_local(&self, shard_id: u64, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, ServerError> {
+    /// Up to `limit` pairs of the replica's shard with `start <= key < end`
+    /// (`end` empty = unbounded), in key order, from the local replica.
+    pub fn scan_local(
+        &self,
+        replica: &ReadReplica,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<KvPairs, ServerError> {
+        self.read_replica(replica, || self.scan_unchecked(replica.shard.id, start, end, limit))
+    }
+
+    fn scan_unchecked(&self, shard_id: u64, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, ServerError> {
         let from = keys::index_key(shard_id, start);
         let upper = if end.is_empty() {
             keys::shard_prefix(shard_id + 1).to_vec()
@@ -596,15 +652,19 @@ pub const EXPORT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
 /// Streams every pair of `shard_id` on this replica, in key order, from one
 /// RocksDB snapshot, as chunks of at most [`EXPORT_CHUNK_BYTES_MAX`] bytes
 /// (or one pair, if larger). Blocking: run it on a blocking thread. Stops
-/// early, without error, when the receiver is gone.
+/// early, without error, when the receiver is gone. `taken` runs once the
+/// RocksDB snapshot exists and fails the export if the replica is gone by
+/// then (see [`Node::read_replica`]).
 pub fn export_local(
     db: &Db,
     shard_id: u64,
+    taken: impl FnOnce() -> Result<(), ServerError>,
     mut send: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>) -> bool,
 ) -> Result<(), ServerError> {
     let upper = keys::shard_prefix(shard_id + 1).to_vec();
     let from = keys::shard_prefix(shard_id);
     let snap = db.raw().snapshot();
+    taken()?;
     let mut opts = rocksdb::ReadOptions::default();
     opts.set_iterate_upper_bound(upper);
     opts.set_snapshot(&snap);

@@ -11,6 +11,9 @@ pub struct NodeStats {
     pub client_writes: AtomicU64,
     /// Requests this node forwarded to another node.
     pub forwarded_requests: AtomicU64,
+    /// Local reads discarded because the replica was removed from this
+    /// node while they ran (they are answered as if not hosted here).
+    pub reads_raced_removal: AtomicU64,
     /// Snapshot chunks refused because their crc32 did not match.
     pub snapshot_chunks_rejected: AtomicU64,
 }

@@ -213,7 +213,8 @@ impl Admin for AdminService {
             return Err(ServerError::WrongShard { shard_id: id, epoch }.to_status(epoch));
         }
         let deadline = std::time::Instant::now() + Duration::from_millis(node.cfg.raft.leader_wait_ms);
-        node.read_barrier(id, crate::node::ReadConsistency::Linearizable, deadline)
+        let replica = node
+            .read_barrier(id, crate::node::ReadConsistency::Linearizable, deadline)
             .await
             .map_err(|e| e.to_status(epoch))?;
         let applied_index = node
@@ -234,7 +235,8 @@ impl Admin for AdminService {
             };
             let mut pending: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;
             // Hold one chunk back so the final one can be marked `last`.
-            let res = crate::node::export_local(&node.db, id, |pairs| {
+            let taken = || node.read_replica(&replica, || Ok(()));
+            let res = crate::node::export_local(&node.db, id, taken, |pairs| {
                 let prev = pending.replace(pairs);
                 prev.is_none_or(|p| tx.blocking_send(Ok(chunk(p, false))).is_ok())
             });

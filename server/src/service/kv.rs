@@ -408,8 +408,8 @@ impl KvService {
         h: &Option<RequestHeader>,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, ServerError> {
-        self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
-        self.node.read_local(key)
+        let replica = self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+        self.node.read_local(&replica, key)
     }
 
     async fn batch_get_shard(
@@ -420,10 +420,10 @@ impl KvService {
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<KeyResult>, Status> {
         let local = async {
-            self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+            let replica = self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
             keys.iter()
                 .map(|k| {
-                    let v = self.node.read_local(k)?;
+                    let v = self.node.read_local(&replica, k)?;
                     Ok(KeyResult {
                         key: k.clone(),
                         found: v.is_some(),
@@ -492,8 +492,8 @@ impl KvService {
         limit: u32,
     ) -> Result<Vec<KeyValue>, Status> {
         let local = async {
-            self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
-            self.node.scan_local(shard, start, end, limit as usize)
+            let replica = self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
+            self.node.scan_local(&replica, start, end, limit as usize)
         };
         match local.await {
             Ok(pairs) => Ok(pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect()),

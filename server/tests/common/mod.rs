@@ -454,6 +454,11 @@ impl Drop for Cluster {
         for id in ids {
             self.kill(id);
         }
+        if std::thread::panicking() && std::env::var_os("RINGKV_TEST_KEEP_DIR").is_some() {
+            // Whole logs and data for a post-mortem; the tempdir is not removed.
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("kept the cluster directory: {}", kept.keep().display());
+        }
     }
 }
 
