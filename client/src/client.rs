@@ -32,6 +32,7 @@ use crate::routing::Router;
 use crate::routing::RoutingTable;
 use crate::session::Session;
 use crate::session::WriteTicket;
+use crate::session::SEQUENCE_WINDOW;
 use crate::CallOptions;
 use crate::Config;
 use crate::Consistency;
@@ -94,6 +95,7 @@ struct Counters {
     get_batches: AtomicU64,
     coalesced_gets: AtomicU64,
     slow_batches: AtomicU64,
+    window_timeouts: AtomicU64,
     attempts: AtomicU64,
     refreshes: AtomicU64,
     not_leader: AtomicU64,
@@ -132,6 +134,10 @@ pub struct ClientStats {
     /// Coalesced batches that gave their slot up, unanswered after
     /// [`Config::batch_slot_hold_max`].
     pub slow_batches: u64,
+    /// Writes that failed unsent because this client's oldest write in
+    /// flight held the session window until their deadline (see
+    /// [`crate::SEQUENCE_WINDOW`]).
+    pub window_timeouts: u64,
 }
 
 /// The result of [`Client::compare_and_swap`].
@@ -433,6 +439,7 @@ impl Client {
             get_batches: c.get_batches.load(Ordering::Relaxed),
             coalesced_gets: c.coalesced_gets.load(Ordering::Relaxed),
             slow_batches: c.slow_batches.load(Ordering::Relaxed),
+            window_timeouts: c.window_timeouts.load(Ordering::Relaxed),
         }
     }
 
@@ -687,7 +694,7 @@ impl Client {
     pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &CallOptions) -> Result<bool, Error> {
         let key = key.as_ref().to_vec();
         let token = token_of(&key);
-        let ticket = self.inner.session.begin();
+        let ticket = self.inner.begin_write(self.inner.deadline_of(opts)).await?;
         self.inner
             .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
                 let key = key.clone();
@@ -758,7 +765,7 @@ impl Client {
             Some(v) => Action::NewValue(v.to_vec()),
             None => Action::Delete(true),
         };
-        let ticket = self.inner.session.begin();
+        let ticket = self.inner.begin_write(self.inner.deadline_of(opts)).await?;
         self.inner
             .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
                 let msg = CompareAndSwapRequest {
@@ -892,7 +899,7 @@ impl Client {
             let tokens = part.iter().map(|p| token_of(&p.key)).collect();
             let inner = &self.inner;
             async move {
-                let ticket = inner.session.begin();
+                let ticket = inner.begin_write(inner.deadline_of(opts)).await?;
                 inner
                     .execute(tokens, opts, Some(&ticket), Consistency::Linearizable, move |a| {
                         let part = part.clone();
@@ -1112,11 +1119,34 @@ struct Pick {
 }
 
 impl Inner {
+    /// When an operation with `opts` gives up.
+    fn deadline_of(&self, opts: &CallOptions) -> Instant {
+        Instant::now() + opts.timeout.unwrap_or(self.cfg.request_timeout)
+    }
+
+    /// A session sequence for one write. Waits (until `deadline`) while this
+    /// client's oldest write in flight is [`SEQUENCE_WINDOW`] sequences
+    /// behind, so the servers never forget it while it retries; a write
+    /// that gets no sequence was never sent.
+    async fn begin_write(&self, deadline: Instant) -> Result<WriteTicket, Error> {
+        match self.session.begin(deadline).await {
+            Some(t) => Ok(t),
+            None => {
+                self.stats.window_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(Error::DeadlineExceeded {
+                    message: format!(
+                        "this client's oldest write in flight held its session window ({SEQUENCE_WINDOW} sequences) until the deadline"
+                    ),
+                })
+            }
+        }
+    }
+
     /// One put as its own `Put` request, finished by `deadline`.
     async fn put_one(self: &Arc<Self>, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<(), Error> {
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
         let token = token_of(&key);
-        let ticket = self.session.begin();
+        let ticket = self.begin_write(deadline).await?;
         self.execute(vec![token], &opts, Some(&ticket), Consistency::Linearizable, move |a| {
             let (key, value) = (key.clone(), value.clone());
             async move {
@@ -1291,28 +1321,32 @@ impl Inner {
             .collect();
         let tokens = pairs.iter().map(|p| token_of(&p.key)).collect();
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
-        let ticket = self.session.begin();
-        let r = self
-            .execute(tokens, &opts, Some(&ticket), Consistency::Linearizable, |a| {
-                let pairs = pairs.clone();
-                async move {
-                    let n = pairs.len();
-                    let r = kv_client(a.channel, a.max_message)
-                        .batch_put(request(
-                            BatchPutRequest {
-                                header: Some(a.header),
-                                pairs,
-                            },
-                            a.timeout,
-                        ))
-                        .await
-                        .map_err(|s| AttemptError::from_status(&s))?
-                        .into_inner();
-                    batch_error(&r.results, n, true)?;
-                    Ok(((), r.header))
-                }
-            })
-            .await;
+        let ticket = self.begin_write(deadline).await;
+        let r = match &ticket {
+            Err(e) => Err(e.clone()),
+            Ok(ticket) => {
+                self.execute(tokens, &opts, Some(ticket), Consistency::Linearizable, |a| {
+                    let pairs = pairs.clone();
+                    async move {
+                        let n = pairs.len();
+                        let r = kv_client(a.channel, a.max_message)
+                            .batch_put(request(
+                                BatchPutRequest {
+                                    header: Some(a.header),
+                                    pairs,
+                                },
+                                a.timeout,
+                            ))
+                            .await
+                            .map_err(|s| AttemptError::from_status(&s))?
+                            .into_inner();
+                        batch_error(&r.results, n, true)?;
+                        Ok(((), r.header))
+                    }
+                })
+                .await
+            }
+        };
         drop(ticket);
         match r {
             // The server refused the request as a whole before proposing
@@ -1495,7 +1529,7 @@ impl Inner {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Answer<T>>,
     {
-        let deadline = Instant::now() + opts.timeout.unwrap_or(self.cfg.request_timeout);
+        let deadline = self.deadline_of(opts);
         let _slot = tokio::time::timeout_at(deadline.into(), self.slots.clone().acquire_owned())
             .await
             .map_err(|_| Error::DeadlineExceeded {

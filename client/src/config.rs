@@ -98,18 +98,15 @@ pub struct Config {
     pub backoff_base: Duration,
     /// Upper bound of one backoff wait. Default 250 ms: a write that keeps
     /// retrying through a leader election follows the new leader within
-    /// about that, before enough later writes of this client complete to
-    /// push it out of the shard's session window (`StaleSequence`).
+    /// about that.
     pub backoff_max: Duration,
     /// Most operations in flight in this client at once; more wait for a
-    /// slot. Keep it at or below the server's per-client session window
-    /// (`SESSION_RESPONSES_MAX` = 256 results per client per shard), so
-    /// that writes sent together stay answerable on retry. It does not
-    /// bound completions: a write that keeps retrying (its shard is
-    /// electing a leader) while 256 later writes of this client to the same
-    /// shard succeed falls out of the window, and its retry fails with
-    /// `StaleSequence`, which is indeterminate (it may have been applied).
-    /// Default 256.
+    /// slot. Independently, a write waits for a session sequence while this
+    /// client's oldest write in flight is [`crate::SEQUENCE_WINDOW`] (256)
+    /// sequences behind, the results a server keeps per client and shard:
+    /// so a write that keeps retrying (its shard is electing a leader) is
+    /// never forgotten by the server, and later writes queue behind it
+    /// instead. Default 256.
     pub max_in_flight: usize,
     /// Most concurrent [`crate::Client::put`] calls to one shard coalesced
     /// into one `BatchPut` request (one Raft entry, one session sequence,

@@ -78,6 +78,7 @@ pub use error::Error;
 pub use error::ErrorKind;
 pub use routing::token_of;
 pub use session::CLIENT_ID_BYTES;
+pub use session::SEQUENCE_WINDOW;
 
 /// The generated protocol types (`ringkv.v1`), for callers that use
 /// [`Client::cluster_status`] answers.
