@@ -108,7 +108,21 @@ pub(super) async fn open_group(
     let uninitialized = {
         use openraft::storage::RaftLogStorage;
         let state = log.get_log_state().await.map_err(|e| NodeError::Raft(e.to_string()))?;
-        let vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        let mut vote = log.read_vote().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+        if vote.is_none() && state.last_log_id.is_none() {
+            // A replica this node held before: start from its last vote.
+            let tomb = db
+                .get(Cf::Meta, &keys::tagged(info.id, keys::META_VOTE_TOMBSTONE))
+                .map_err(|e| NodeError::Raft(e.to_string()))?;
+            if let Some(raw) = tomb {
+                let t: crate::raft::types::Vote =
+                    decode(&raw).map_err(|e| NodeError::Raft(format!("shard {}: vote tombstone: {e}", info.id)))?;
+                assert!(!t.committed, "a tombstone vote is never committed");
+                log.save_vote(&t).await.map_err(|e| NodeError::Raft(e.to_string()))?;
+                tracing::info!(shard = info.id, vote = %t, "re-created replica starts from its old vote");
+                vote = Some(t);
+            }
+        }
         state.last_log_id.is_none() && vote.is_none()
     };
     let mut sm = ShardStateMachine::open(
@@ -370,6 +384,14 @@ impl Node {
             .into_iter()
             .map(|cf| WriteOp::DeleteRange(cf, from.clone(), to.clone()))
             .collect();
+        // After the deletions in the same batch, so it survives them.
+        if let Some(t) = self.vote_tombstone(shard_id)? {
+            ops.push(WriteOp::Put(
+                Cf::Meta,
+                keys::tagged(shard_id, keys::META_VOTE_TOMBSTONE).to_vec(),
+                encode(&t),
+            ));
+        }
         // Data is keyed by token: delete only ranges no hosted shard owns
         // (never the case in a consistent layout; checked anyway).
         let layout = self.layout();
@@ -407,6 +429,33 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// The vote a replica of `shard_id` deleted now leaves behind: its
+    /// current vote (or the tombstone of an earlier deletion), uncommitted.
+    ///
+    /// Why: a replica deleted here and later re-added would otherwise start
+    /// with no vote and an empty log, and so accept any leader or candidate
+    /// of any term. A stale leader of an old configuration that still
+    /// lists this node as a voter (cut off since, and not yet aware of the
+    /// newer terms) could then count this node toward a quorum, for reads
+    /// and commits. Starting from the old vote, such a replica refuses
+    /// every term before the one it had reached; the transport also keeps
+    /// it from voting until it is a voter again (`raft::refuses_votes`).
+    fn vote_tombstone(&self, shard_id: u64) -> Result<Option<crate::raft::types::Vote>, ServerError> {
+        let current = self.db.get(Cf::RaftState, &keys::tagged(shard_id, keys::STATE_VOTE))?;
+        let earlier = self
+            .db
+            .get(Cf::Meta, &keys::tagged(shard_id, keys::META_VOTE_TOMBSTONE))?;
+        let Some(raw) = current.or(earlier) else {
+            return Ok(None);
+        };
+        let vote: crate::raft::types::Vote =
+            decode(&raw).map_err(|e| ServerError::Storage(format!("shard {shard_id}: undecodable vote: {e}")))?;
+        Ok(Some(crate::raft::types::Vote {
+            committed: false,
+            ..vote
+        }))
     }
 
     /// Reads or changes the Raft membership of `shard_id`; must run on its

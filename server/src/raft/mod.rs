@@ -13,6 +13,25 @@ use std::sync::Arc;
 
 use crate::config::RaftConfig;
 
+/// Whether a replica must decline vote requests: it has Raft history (a
+/// vote or log entries; a replica deleted and re-created on this node
+/// starts from its old vote, see `keys::META_VOTE_TOMBSTONE`) but is not a
+/// voter in the membership it knows. Such a replica is being added back
+/// as a learner or was removed; its vote can only help a stale candidate
+/// whose old configuration still lists this node. Declining a vote is
+/// always safe. A pristine replica (no vote, no log: a new group at
+/// cluster bootstrap, before the first membership reached it) votes, as
+/// the bootstrap expects.
+pub fn refuses_votes(
+    me: types::NodeId,
+    vote: &types::Vote,
+    last_log_index: Option<u64>,
+    mut voters: impl Iterator<Item = types::NodeId>,
+) -> bool {
+    let pristine = *vote == types::Vote::default() && last_log_index.is_none();
+    !pristine && !voters.any(|v| v == me)
+}
+
 /// openraft settings of one shard group.
 pub fn openraft_config(shard_id: u64, cfg: &RaftConfig) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
     let c = openraft::Config {
@@ -32,4 +51,25 @@ pub fn openraft_config(shard_id: u64, cfg: &RaftConfig) -> Result<Arc<openraft::
         ..Default::default()
     };
     Ok(Arc::new(c.validate()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuses_votes;
+    use super::types::Vote;
+
+    #[test]
+    fn only_a_replica_with_history_outside_the_voters_declines() {
+        let none = Vote::default();
+        let old = Vote::new(7, 2);
+        // Pristine (bootstrap): votes even before it knows any membership.
+        assert!(!refuses_votes(3, &none, None, [].into_iter()));
+        // Re-created from a tombstone, or removed: declines.
+        assert!(refuses_votes(3, &old, None, [].into_iter()));
+        assert!(refuses_votes(3, &old, Some(40), [1, 2, 4].into_iter()));
+        assert!(refuses_votes(3, &none, Some(1), [1, 2].into_iter()));
+        // A voter votes, whatever its history.
+        assert!(!refuses_votes(3, &old, Some(40), [1, 2, 3].into_iter()));
+        assert!(!refuses_votes(3, &none, None, [3].into_iter()));
+    }
 }

@@ -11,6 +11,7 @@ use openraft::error::RaftError;
 use openraft::raft::AppendEntriesRequest;
 use openraft::raft::InstallSnapshotRequest;
 use openraft::raft::VoteRequest;
+use openraft::raft::VoteResponse;
 use ringkv_proto::v1::raft_transport_server::RaftTransport;
 use ringkv_proto::v1::ErrorCode;
 use ringkv_proto::v1::ErrorDetail;
@@ -79,7 +80,27 @@ impl TransportService {
                 Err(e) => return bad(e),
             },
             Ok(RaftRpcKind::Vote) => match decode::<VoteRequest<u64>>(&m.payload) {
-                Ok(req) => encode(&shard.raft.vote(req).await),
+                Ok(req) => {
+                    let declined = {
+                        let m = shard.raft.metrics();
+                        let m = m.borrow();
+                        let voters = m.membership_config.membership().voter_ids();
+                        crate::raft::refuses_votes(self.node.id, &m.vote, m.last_log_index, voters).then(|| {
+                            VoteResponse {
+                                vote: m.vote,
+                                vote_granted: false,
+                                last_log_id: None,
+                            }
+                        })
+                    };
+                    match declined {
+                        Some(resp) => {
+                            tracing::info!(shard = m.shard_id, candidate = %req.vote, "declined a vote: not a voter here");
+                            encode(&Ok::<_, openraft::error::RaftError<u64>>(resp))
+                        }
+                        None => encode(&shard.raft.vote(req).await),
+                    }
+                }
                 Err(e) => return bad(e),
             },
             _ => return error_reply(ErrorCode::InvalidArgument, format!("unknown message kind {}", m.kind)),

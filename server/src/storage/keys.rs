@@ -16,6 +16,11 @@ pub const META_INSTALLING: u8 = b'I';
 /// The token ranges the shard owns, once they differ from its bootstrap
 /// ranges (after a split); replicated state like the data.
 pub const META_RANGES: u8 = b'R';
+/// The Raft vote a deleted replica held, made uncommitted: kept after the
+/// replica's state is deleted so a later replica of the shard on this node
+/// starts from it instead of from no vote at all (see
+/// `node::membership::delete_shard_data`). Not replicated.
+pub const META_VOTE_TOMBSTONE: u8 = b'V';
 
 /// Pseudo shard id for node-wide records in `meta`.
 pub const NODE_RECORDS: u64 = u64::MAX;
