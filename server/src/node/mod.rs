@@ -725,7 +725,8 @@ async fn install_layout(node: Arc<Node>) {
 }
 
 /// Waits for the metadata group's layout and compares it with this node's:
-/// equal, writes open; different, the node was started with other
+/// equal (or newer with the same nodes, metadata members and ring), writes
+/// open; different, the node was started with other
 /// `initial_cluster`/`shards` than the cluster and exits before it can
 /// apply a write with the wrong shard ranges.
 async fn confirm_layout(node: Arc<Node>) {
@@ -738,7 +739,13 @@ async fn confirm_layout(node: Arc<Node>) {
     };
     let Some(committed) = committed else { return };
     let local = node.layout();
-    if committed == *local {
+    // The cluster may have moved on before this node looked (another node
+    // recorded its zone, the planner started a move): then what the
+    // bootstrap flags decide must still agree.
+    let same_bootstrap = committed.nodes == local.nodes
+        && committed.meta_replicas == local.meta_replicas
+        && committed.ring == local.ring;
+    if committed == *local || (committed.epoch > local.epoch && same_bootstrap) {
         node.layout_confirmed.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(epoch = committed.epoch, "cluster layout confirmed");
         return;
