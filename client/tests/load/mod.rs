@@ -106,8 +106,11 @@ impl Load {
                             match client.get(&k).await {
                                 Ok(got) if got.as_ref() == out.acked.get(&k) => {}
                                 Ok(got) => out.errors.push(format!(
-                                    "read of {} returned {:?}, last acknowledged {:?}",
+                                    "read of {} at unix time {} ms returned {:?}, last acknowledged {:?}",
                                     String::from_utf8_lossy(&k),
+                                    std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0, |d| d.as_millis()),
                                     got.map(|g| String::from_utf8_lossy(&g).to_string()),
                                     out.acked.get(&k).map(|g| String::from_utf8_lossy(g).to_string())
                                 )),

@@ -457,9 +457,29 @@ impl Drop for Cluster {
         if std::thread::panicking() && std::env::var_os("RINGKV_TEST_KEEP_DIR").is_some() {
             // Whole logs and data for a post-mortem; the tempdir is not removed.
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-            eprintln!("kept the cluster directory: {}", kept.keep().display());
+            let path = kept.keep();
+            eprintln!("kept the cluster directory: {}", path.display());
+            // One line per kept cluster, for whoever looks after a CI run.
+            let exe = std::env::current_exe().unwrap_or_default();
+            let line = format!("{} {} {}\n", now_unix_s(), exe.display(), path.display());
+            let index = std::env::temp_dir().join("ringkv-kept-clusters.log");
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&index)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+            if let Err(e) = appended {
+                eprintln!("could not record it in {}: {e}", index.display());
+            }
         }
     }
+}
+
+/// Seconds since the Unix epoch (for log lines of the harness).
+pub fn now_unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A key that the cluster's ring places in `shard` (of `shards` equal
