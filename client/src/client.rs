@@ -694,7 +694,10 @@ impl Client {
     pub async fn delete_with(&self, key: impl AsRef<[u8]>, opts: &CallOptions) -> Result<bool, Error> {
         let key = key.as_ref().to_vec();
         let token = token_of(&key);
-        let ticket = self.inner.begin_write(self.inner.deadline_of(opts)).await?;
+        let ticket = self
+            .inner
+            .begin_write(self.inner.shard_guess(token), self.inner.deadline_of(opts))
+            .await?;
         self.inner
             .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
                 let key = key.clone();
@@ -765,7 +768,10 @@ impl Client {
             Some(v) => Action::NewValue(v.to_vec()),
             None => Action::Delete(true),
         };
-        let ticket = self.inner.begin_write(self.inner.deadline_of(opts)).await?;
+        let ticket = self
+            .inner
+            .begin_write(self.inner.shard_guess(token), self.inner.deadline_of(opts))
+            .await?;
         self.inner
             .execute(vec![token], opts, Some(&ticket), Consistency::Linearizable, move |a| {
                 let msg = CompareAndSwapRequest {
@@ -894,12 +900,12 @@ impl Client {
             })
             .collect();
         let groups = self.group_by_shard(pairs.iter().map(|p| p.key.as_slice()));
-        let parts = futures::future::join_all(groups.values().map(|idx| {
+        let parts = futures::future::join_all(groups.iter().map(|(shard, idx)| {
             let part: Vec<KeyValue> = idx.iter().map(|i| pairs[*i].clone()).collect();
             let tokens = part.iter().map(|p| token_of(&p.key)).collect();
             let inner = &self.inner;
             async move {
-                let ticket = inner.begin_write(inner.deadline_of(opts)).await?;
+                let ticket = inner.begin_write(*shard, inner.deadline_of(opts)).await?;
                 inner
                     .execute(tokens, opts, Some(&ticket), Consistency::Linearizable, move |a| {
                         let part = part.clone();
@@ -1124,18 +1130,25 @@ impl Inner {
         Instant::now() + opts.timeout.unwrap_or(self.cfg.request_timeout)
     }
 
-    /// A session sequence for one write. Waits (until `deadline`) while this
-    /// client's oldest write in flight is [`SEQUENCE_WINDOW`] sequences
-    /// behind, so the servers never forget it while it retries; a write
-    /// that gets no sequence was never sent.
-    async fn begin_write(&self, deadline: Instant) -> Result<WriteTicket, Error> {
-        match self.session.begin(deadline).await {
+    /// The shard the routing table places `token` in (0 while unknown).
+    fn shard_guess(&self, token: u64) -> u64 {
+        self.router.read(|t| t.shard_for_token(token)).unwrap_or(0)
+    }
+
+    /// A session sequence for one write to `shard`. Waits (until
+    /// `deadline`) while [`SEQUENCE_WINDOW`] writes to the shard got
+    /// sequences since its oldest write in flight, so the shard never
+    /// forgets that write while it retries; a write that gets no sequence
+    /// was never sent.
+    async fn begin_write(&self, shard: u64, deadline: Instant) -> Result<WriteTicket, Error> {
+        match self.session.begin(shard, deadline).await {
             Some(t) => Ok(t),
             None => {
                 self.stats.window_timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(Error::DeadlineExceeded {
                     message: format!(
-                        "this client's oldest write in flight held its session window ({SEQUENCE_WINDOW} sequences) until the deadline"
+                        "this client's oldest write in flight to shard {shard} held the shard's session window \
+                         ({SEQUENCE_WINDOW} writes) until the deadline"
                     ),
                 })
             }
@@ -1146,7 +1159,7 @@ impl Inner {
     async fn put_one(self: &Arc<Self>, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<(), Error> {
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
         let token = token_of(&key);
-        let ticket = self.begin_write(deadline).await?;
+        let ticket = self.begin_write(self.shard_guess(token), deadline).await?;
         self.execute(vec![token], &opts, Some(&ticket), Consistency::Linearizable, move |a| {
             let (key, value) = (key.clone(), value.clone());
             async move {
@@ -1319,9 +1332,11 @@ impl Inner {
                 value: p.value.clone(),
             })
             .collect();
-        let tokens = pairs.iter().map(|p| token_of(&p.key)).collect();
+        let tokens: Vec<u64> = pairs.iter().map(|p| token_of(&p.key)).collect();
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
-        let ticket = self.begin_write(deadline).await;
+        // Queued by shard: every put of the batch has the same guess.
+        let shard = self.shard_guess(tokens[0]);
+        let ticket = self.begin_write(shard, deadline).await;
         let r = match &ticket {
             Err(e) => Err(e.clone()),
             Ok(ticket) => {
