@@ -101,12 +101,12 @@ pub struct Config {
     /// about that.
     pub backoff_max: Duration,
     /// Most operations in flight in this client at once; more wait for a
-    /// slot. Independently, a write waits for a session sequence while this
-    /// client's oldest write in flight is [`crate::SEQUENCE_WINDOW`] (256)
-    /// sequences behind, the results a server keeps per client and shard:
-    /// so a write that keeps retrying (its shard is electing a leader) is
-    /// never forgotten by the server, and later writes queue behind it
-    /// instead. Default 256.
+    /// slot. Independently, a write to a shard waits for a session
+    /// sequence while [`crate::SEQUENCE_WINDOW`] (256, the results a server
+    /// keeps per client and shard) writes to that shard got one since the
+    /// shard's oldest write in flight: so a write that keeps retrying (its
+    /// shard is electing a leader) is never forgotten by the server, and
+    /// later writes to that shard queue behind it instead. Default 256.
     pub max_in_flight: usize,
     /// Most concurrent [`crate::Client::put`] calls to one shard coalesced
     /// into one `BatchPut` request (one Raft entry, one session sequence,
