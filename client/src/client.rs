@@ -135,8 +135,8 @@ pub struct ClientStats {
     /// [`Config::batch_slot_hold_max`].
     pub slow_batches: u64,
     /// Writes that failed unsent because this client's oldest write in
-    /// flight held the session window until their deadline (see
-    /// [`crate::SEQUENCE_WINDOW`]).
+    /// flight to their shard held the shard's session window until their
+    /// deadline (see [`crate::SEQUENCE_WINDOW`]).
     pub window_timeouts: u64,
 }
 
