@@ -902,32 +902,7 @@ impl Client {
         let groups = self.group_by_shard(pairs.iter().map(|p| p.key.as_slice()));
         let parts = futures::future::join_all(groups.iter().map(|(shard, idx)| {
             let part: Vec<KeyValue> = idx.iter().map(|i| pairs[*i].clone()).collect();
-            let tokens = part.iter().map(|p| token_of(&p.key)).collect();
-            let inner = &self.inner;
-            async move {
-                let ticket = inner.begin_write(*shard, inner.deadline_of(opts)).await?;
-                inner
-                    .execute(tokens, opts, Some(&ticket), Consistency::Linearizable, move |a| {
-                        let part = part.clone();
-                        async move {
-                            let n = part.len();
-                            let r = kv_client(a.channel, a.max_message)
-                                .batch_put(request(
-                                    BatchPutRequest {
-                                        header: Some(a.header),
-                                        pairs: part,
-                                    },
-                                    a.timeout,
-                                ))
-                                .await
-                                .map_err(|s| AttemptError::from_status(&s))?
-                                .into_inner();
-                            batch_error(&r.results, n, true)?;
-                            Ok(((), r.header))
-                        }
-                    })
-                    .await
-            }
+            self.inner.put_pairs(*shard, part, opts)
         }))
         .await;
         parts.into_iter().collect()
@@ -1155,6 +1130,33 @@ impl Inner {
         }
     }
 
+    /// `pairs` (of `shard`, as routed now) as one `BatchPut` with one
+    /// session sequence, retried as a unit.
+    async fn put_pairs(self: &Arc<Self>, shard: u64, pairs: Vec<KeyValue>, opts: &CallOptions) -> Result<(), Error> {
+        let tokens = pairs.iter().map(|p| token_of(&p.key)).collect();
+        let ticket = self.begin_write(shard, self.deadline_of(opts)).await?;
+        self.execute(tokens, opts, Some(&ticket), Consistency::Linearizable, move |a| {
+            let pairs = pairs.clone();
+            async move {
+                let n = pairs.len();
+                let r = kv_client(a.channel, a.max_message)
+                    .batch_put(request(
+                        BatchPutRequest {
+                            header: Some(a.header),
+                            pairs,
+                        },
+                        a.timeout,
+                    ))
+                    .await
+                    .map_err(|s| AttemptError::from_status(&s))?
+                    .into_inner();
+                batch_error(&r.results, n, true)?;
+                Ok(((), r.header))
+            }
+        })
+        .await
+    }
+
     /// One put as its own `Put` request, finished by `deadline`.
     async fn put_one(self: &Arc<Self>, key: Vec<u8>, value: Vec<u8>, deadline: Instant) -> Result<(), Error> {
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
@@ -1332,37 +1334,10 @@ impl Inner {
                 value: p.value.clone(),
             })
             .collect();
-        let tokens: Vec<u64> = pairs.iter().map(|p| token_of(&p.key)).collect();
         let opts = CallOptions::new().timeout(deadline.saturating_duration_since(Instant::now()));
         // Queued by shard: every put of the batch has the same guess.
-        let shard = self.shard_guess(tokens[0]);
-        let ticket = self.begin_write(shard, deadline).await;
-        let r = match &ticket {
-            Err(e) => Err(e.clone()),
-            Ok(ticket) => {
-                self.execute(tokens, &opts, Some(ticket), Consistency::Linearizable, |a| {
-                    let pairs = pairs.clone();
-                    async move {
-                        let n = pairs.len();
-                        let r = kv_client(a.channel, a.max_message)
-                            .batch_put(request(
-                                BatchPutRequest {
-                                    header: Some(a.header),
-                                    pairs,
-                                },
-                                a.timeout,
-                            ))
-                            .await
-                            .map_err(|s| AttemptError::from_status(&s))?
-                            .into_inner();
-                        batch_error(&r.results, n, true)?;
-                        Ok(((), r.header))
-                    }
-                })
-                .await
-            }
-        };
-        drop(ticket);
+        let shard = self.shard_guess(token_of(&pairs[0].key));
+        let r = self.put_pairs(shard, pairs, &opts).await;
         match r {
             // The server refused the request as a whole before proposing
             // it (one put's key or value broke a limit): nothing was
