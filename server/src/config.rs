@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -98,6 +99,28 @@ pub struct RaftConfig {
     pub append_entries_max: u64,
     /// How long a request waits for a shard to elect a leader.
     pub leader_wait_ms: u64,
+    /// Lease reads: a leader serves a linearizable read without a quorum
+    /// round while a quorum acknowledged an append it sent less than this
+    /// share of `election_timeout_ms_max` ago (followers refuse to vote for
+    /// `election_timeout_ms_max` after accepting an append, so no other
+    /// leader can exist in that time; the rest is the margin for clock-rate
+    /// drift between nodes). 0 turns lease reads off: every linearizable
+    /// read then takes a quorum round. At most `READ_LEASE_PERCENT_MAX`.
+    pub read_lease_percent: u64,
+}
+
+/// Largest `raft.read_lease_percent`: at least a tenth of the follower
+/// lease stays as the drift margin.
+pub const READ_LEASE_PERCENT_MAX: u64 = 90;
+
+impl RaftConfig {
+    /// The lease durations of every shard group of this node.
+    pub fn lease(&self) -> crate::raft::lease::LeaseConfig {
+        crate::raft::lease::LeaseConfig {
+            read_lease: Duration::from_millis(self.election_timeout_ms_max * self.read_lease_percent / 100),
+            follower_lease: Duration::from_millis(self.election_timeout_ms_max),
+        }
+    }
 }
 
 /// Replica placement, run by the metadata group's leader.
@@ -295,6 +318,9 @@ impl Default for RaftConfig {
             snapshot_send_bytes_per_sec: 64 * 1024 * 1024,
             append_entries_max: 256,
             leader_wait_ms: 3_000,
+            // 300 ms of the 400 ms follower lease; heartbeats every 100 ms
+            // renew it.
+            read_lease_percent: 75,
         }
     }
 }
@@ -456,6 +482,12 @@ impl Config {
         }
         if r.append_entries_max == 0 {
             return bad("raft.append_entries_max must be > 0".into());
+        }
+        if r.read_lease_percent > READ_LEASE_PERCENT_MAX {
+            return bad(format!(
+                "raft.read_lease_percent must be 0 (off) ..= {READ_LEASE_PERCENT_MAX}, got {}",
+                r.read_lease_percent
+            ));
         }
         let l = &self.limits;
         if l.key_bytes_max == 0 || l.key_bytes_max > 64 * 1024 {

@@ -94,6 +94,11 @@ struct Args {
     /// Snapshot bytes this node sends per second (0 = unlimited).
     #[arg(long)]
     snapshot_send_bytes_per_sec: Option<u64>,
+    /// Lease reads: share of election_timeout_ms_max, in percent, a leader
+    /// serves linearizable reads from its lease (0 = off: a quorum round
+    /// per read batch).
+    #[arg(long)]
+    read_lease_percent: Option<u64>,
     /// Per-client request rate limit (requests/s, 0 = off).
     #[arg(long)]
     client_requests_per_second: Option<u32>,
@@ -162,6 +167,7 @@ impl Args {
         set!(self.snapshot_logs_since_last, c.raft.snapshot_logs_since_last);
         set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
         set!(self.snapshot_send_bytes_per_sec, c.raft.snapshot_send_bytes_per_sec);
+        set!(self.read_lease_percent, c.raft.read_lease_percent);
         set!(self.slow_request_ms, c.log.slow_request_ms);
         set!(self.client_requests_per_second, c.limits.client_requests_per_second);
         set!(self.client_burst, c.limits.client_burst);

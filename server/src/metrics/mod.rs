@@ -205,6 +205,19 @@ pub fn render(node: &Node) -> String {
         node.stats.reads_raced_removal.load(Ordering::Relaxed),
     );
 
+    family(
+        &mut out,
+        "ringkv_lease_reads_total",
+        "counter",
+        "Linearizable reads (or read batches) a leader served from its lease, without a quorum round.",
+    );
+    sample(
+        &mut out,
+        "ringkv_lease_reads_total",
+        &node_label,
+        node.stats.lease_reads.load(Ordering::Relaxed),
+    );
+
     render_raft(node, &node_label, &mut out);
     render_rocksdb(node, &node_label, &mut out);
     render_placement(node, &node_label, &mut out);

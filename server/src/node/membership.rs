@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::error::ServerError;
 use crate::placement::MembershipView;
 use crate::placement::PlacementError;
+use crate::raft::lease::Lease;
 use crate::raft::network::NetworkFactory;
 use crate::raft::network::PeerPool;
 use crate::raft::openraft_config;
@@ -147,9 +148,11 @@ pub(super) async fn open_group(
             .map_err(|e| NodeError::Raft(format!("shard {}: snapshot of the split-off state: {e}", info.id)))?;
     }
     let meta = (info.id == META_SHARD_ID).then(|| sm.subscribe_layout());
+    let lease = Arc::new(Lease::default());
     let net = NetworkFactory {
         shard: info.id,
         pool: pool.clone(),
+        lease: lease.clone(),
     };
     let raft = Raft::new(id, config, net, log, sm)
         .await
@@ -160,6 +163,9 @@ pub(super) async fn open_group(
         info,
         raft,
         reads,
+        lease,
+        opened_at: Instant::now(),
+        history_at_open: !uninitialized,
     });
     Ok((shard, meta, uninitialized))
 }

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::failpoint;
+use crate::raft::lease::Lease;
 use crate::raft::network::PeerPool;
 use crate::raft::read_index::ReadIndex;
 use crate::raft::types::decode;
@@ -85,6 +86,14 @@ pub struct Shard {
     pub info: ShardInfo,
     pub raft: Raft,
     pub reads: Arc<ReadIndex>,
+    /// Acknowledgements behind lease reads (`raft::lease`).
+    pub lease: Arc<Lease>,
+    /// When this process opened the replica's group.
+    pub opened_at: Instant,
+    /// Whether the replica had a vote or log entries when it opened: it may
+    /// then have acknowledged a leader just before, and must not vote until
+    /// that leader's lease is over (`LeaseConfig::declines_votes_after_open`).
+    pub history_at_open: bool,
 }
 
 /// A replica that passed [`Node::read_barrier`]: local reads go through
@@ -499,19 +508,56 @@ impl Node {
         let shard = self.hosted(shard_id)?;
         if consistency == ReadConsistency::Linearizable && !self.cfg.testing.unsafe_reads_without_read_index {
             self.ensure_leader(&shard, deadline).await?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            shard.reads.linearize(left).await.map_err(|reason| {
-                if Instant::now() >= deadline {
-                    ServerError::DeadlineExceeded(reason)
-                } else {
-                    ServerError::ShardUnavailable { shard_id, reason }
-                }
-            })?;
+            if self.holds_read_lease(&shard) {
+                self.stats.inc(&self.stats.lease_reads);
+            } else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                shard.reads.linearize(left).await.map_err(|reason| {
+                    if Instant::now() >= deadline {
+                        ServerError::DeadlineExceeded(reason)
+                    } else {
+                        ServerError::ShardUnavailable { shard_id, reason }
+                    }
+                })?;
+            }
         }
         if shard_id != META_SHARD_ID && failpoint::fire(failpoint::KV_READ_WAITS_FOR_REMOVAL) {
             self.wait_for_removal(shard_id).await;
         }
         Ok(ReadReplica { shard })
+    }
+
+    /// Whether this node may serve a linearizable read of `shard` now from
+    /// its leader lease (`raft::lease`), without a quorum round: it leads
+    /// under a committed vote, has applied an entry of its own term (so
+    /// every entry of earlier leaders, and with it every write they
+    /// acknowledged), and a quorum acknowledged an append it sent within
+    /// the read lease. Checked when the read starts, which is what
+    /// linearizability needs: a write acknowledged before that instant came
+    /// from this leader, no other one can exist yet.
+    fn holds_read_lease(&self, shard: &Shard) -> bool {
+        let cfg = self.cfg.raft.lease();
+        if !cfg.enabled() {
+            return false;
+        }
+        let m = shard.raft.metrics();
+        let m = m.borrow();
+        let vote = m.vote;
+        let leading = m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && vote.is_committed()
+            && vote.leader_id().voted_for() == Some(self.id);
+        let own_term_applied = m
+            .last_applied
+            .is_some_and(|a| a.leader_id.term == vote.leader_id().term && a.leader_id.node_id == self.id);
+        if !leading || !own_term_applied {
+            return false;
+        }
+        let joint = m.membership_config.membership().get_joint_config();
+        shard
+            .lease
+            .valid_until(self.id, &vote, joint, &cfg, Instant::now())
+            .is_ok()
     }
 
     /// Failpoint [`failpoint::KV_READ_WAITS_FOR_REMOVAL`]: holds a read that

@@ -4,6 +4,7 @@
 //! Owns how shards talk Raft to each other. Does not store anything (see
 //! `storage`) and does not serve clients (see `service`).
 
+pub mod lease;
 pub mod network;
 pub mod read_index;
 pub mod throttle;

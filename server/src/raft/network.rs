@@ -272,6 +272,8 @@ async fn batcher(
 pub struct NetworkFactory {
     pub shard: u64,
     pub pool: Arc<PeerPool>,
+    /// The replica's lease, fed with its followers' append replies.
+    pub lease: Arc<super::lease::Lease>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -285,6 +287,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peer: self.pool.peer(target, &node.addr),
             stats: self.pool.stats.clone(),
             snapshot_throttle: self.pool.snapshot_throttle.clone(),
+            lease: self.lease.clone(),
         }
     }
 }
@@ -297,6 +300,7 @@ pub struct ShardNetwork {
     peer: Result<Arc<Peer>, String>,
     stats: Arc<NetStats>,
     snapshot_throttle: Arc<super::throttle::Throttle>,
+    lease: Arc<super::lease::Lease>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -388,12 +392,17 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        // Taken before the request leaves: the follower accepts it later,
+        // so its lease runs at least as long as one counted from here.
+        let sent = std::time::Instant::now();
         let n = rpc.entries.len() as u64;
         let payload = encode(&rpc);
         if payload.len() > RAFT_MESSAGE_BYTES_MAX && n > 1 {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n / 2)));
         }
-        self.call(RaftRpcKind::AppendEntries, payload, &option).await
+        let resp = self.call(RaftRpcKind::AppendEntries, payload, &option).await?;
+        self.lease.append_replied(self.target, &rpc.vote, sent, &resp);
+        Ok(resp)
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {

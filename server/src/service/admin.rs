@@ -306,6 +306,7 @@ impl Admin for AdminService {
             forwarded_requests: NodeStats::get(&n.stats.forwarded_requests),
             raft_batches_sent: net.batches_sent.load(Ordering::Relaxed),
             raft_messages_sent: net.messages_sent.load(Ordering::Relaxed),
+            lease_reads: NodeStats::get(&n.stats.lease_reads),
         }))
     }
 

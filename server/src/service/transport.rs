@@ -76,26 +76,50 @@ impl TransportService {
         let bad = |e: bincode::Error| error_reply(ErrorCode::InvalidArgument, format!("undecodable payload: {e}"));
         let payload = match RaftRpcKind::try_from(m.kind) {
             Ok(RaftRpcKind::AppendEntries) => match decode::<AppendEntriesRequest<TypeConfig>>(&m.payload) {
-                Ok(req) => encode(&shard.raft.append_entries(req).await),
+                Ok(req) => {
+                    // Before openraft sees it: a leader that follows
+                    // another one from here on must not serve from its lease.
+                    shard.lease.saw_vote(&req.vote);
+                    encode(&shard.raft.append_entries(req).await)
+                }
                 Err(e) => return bad(e),
             },
             Ok(RaftRpcKind::Vote) => match decode::<VoteRequest<u64>>(&m.payload) {
                 Ok(req) => {
+                    // Before openraft may grant it (see `raft::lease`).
+                    shard.lease.saw_vote(&req.vote);
                     let declined = {
                         let m = shard.raft.metrics();
                         let m = m.borrow();
                         let voters = m.membership_config.membership().voter_ids();
-                        crate::raft::refuses_votes(self.node.id, &m.vote, m.last_log_index, voters).then(|| {
-                            VoteResponse {
-                                vote: m.vote,
-                                vote_granted: false,
-                                last_log_id: None,
-                            }
+                        let why = if crate::raft::refuses_votes(self.node.id, &m.vote, m.last_log_index, voters) {
+                            Some("not a voter here")
+                        } else if shard.history_at_open
+                            && self
+                                .node
+                                .cfg
+                                .raft
+                                .lease()
+                                .declines_votes_after_open(shard.opened_at, std::time::Instant::now())
+                        {
+                            Some("restarted within a leader lease")
+                        } else {
+                            None
+                        };
+                        why.map(|why| {
+                            (
+                                why,
+                                VoteResponse {
+                                    vote: m.vote,
+                                    vote_granted: false,
+                                    last_log_id: None,
+                                },
+                            )
                         })
                     };
                     match declined {
-                        Some(resp) => {
-                            tracing::info!(shard = m.shard_id, candidate = %req.vote, "declined a vote: not a voter here");
+                        Some((why, resp)) => {
+                            tracing::info!(shard = m.shard_id, candidate = %req.vote, "declined a vote: {why}");
                             encode(&Ok::<_, openraft::error::RaftError<u64>>(resp))
                         }
                         None => encode(&shard.raft.vote(req).await),
