@@ -7,7 +7,9 @@
 #   scripts/bench-compare.sh [--quick]
 #
 # --quick: 3 workloads, 5 s runs (under 3 minutes); default: 6 workloads,
-# 20 s runs (under 15 minutes). Everything started here is stopped on exit.
+# 20 s runs (under 15 minutes). Both add open-loop runs of ringkv and etcd
+# at one offered load per workload (write, a, c), for latency at the same
+# load. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +23,10 @@ if [[ $QUICK -eq 1 ]]; then
 else
     WORKLOADS=(write a b c d f); SECONDS_RUN=20; WARMUP=3; RECORDS=20000
 fi
+OPEN_WORKLOADS=(write a c)
+# Offered load of the open-loop runs, percent of the lower closed-loop
+# throughput of ringkv and etcd on the same workload.
+OPEN_SHARE=${BENCH_OPEN_SHARE:-50}
 CLIENTS=${BENCH_CLIENTS:-64}
 VALUE_BYTES=${BENCH_VALUE_BYTES:-100}
 
@@ -98,5 +104,29 @@ for w in "${WORKLOADS[@]}"; do
     run etcd "$EC_EP" "$w"
     run rocksdb-local "" "$w"
 done
+# Latency at the same offered load: open-loop runs of ringkv and etcd at
+# OPEN_SHARE percent of the lower of their closed-loop throughputs above
+# (latency counted from each request's intended start).
+closed_ops() {
+    python3 - "$RESULTS" "$1" "$2" <<'PY'
+import json, sys
+path, backend, workload = sys.argv[1:]
+ops = [r["ops_per_second"] for r in map(json.loads, open(path))
+       if r["backend"] == backend and r["config"]["workload"] == workload and r["config"].get("rate") is None]
+print(int(ops[-1]) if ops else 0)
+PY
+}
+for w in "${OPEN_WORKLOADS[@]}"; do
+    lower=$(( $(closed_ops ringkv "$w") < $(closed_ops etcd "$w") ? $(closed_ops ringkv "$w") : $(closed_ops etcd "$w") ))
+    rate=$(( lower * OPEN_SHARE / 100 ))
+    [[ $rate -gt 0 ]] || die "no closed-loop throughput for $w to derive the open-loop rate from"
+    log "$w: open loop at $rate ops/s ($OPEN_SHARE% of $lower)"
+    for b in ringkv etcd; do
+        if [[ $b == ringkv ]]; then ep=$RK_EP; else ep=$EC_EP; fi
+        "$BENCH" run --backend "$b" --endpoints "$ep" --workload "$w" --records "$RECORDS" \
+            --value-bytes "$VALUE_BYTES" --concurrency "$CLIENTS" --rate "$rate" \
+            --seconds "$SECONDS_RUN" --warmup-seconds "$WARMUP" --out "$RESULTS"
+    done
+done
 "$BENCH" report --results "$RESULTS" --out-dir "$OUT"
-log "report written to $OUT (results.md, results.json, throughput.svg)"
+log "report written to $OUT (results.md, results.json, throughput.svg, latency-*.svg)"

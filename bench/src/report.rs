@@ -1,5 +1,6 @@
 //! Turns run results (JSON lines) into `results.json`, a markdown table
-//! with the ringkv/etcd ratios, and an SVG throughput chart. Pure string
+//! with the ringkv/etcd ratios, an SVG throughput chart and SVG latency
+//! CDFs. Pure string
 //! building apart from reading and writing the files. Also the small
 //! helpers every report shares: its timestamped folder, UTC timestamps and
 //! the machine's load average.
@@ -29,40 +30,163 @@ fn workload_name(r: &RunResult) -> String {
     w.unwrap_or_else(|| "?".into())
 }
 
-/// The markdown table: one row per workload and backend; the ratio column
-/// compares each backend's throughput with etcd's on the same workload.
+/// What a run is compared on: its workload, and for an open-loop run its
+/// offered load (runs at the same offered load compare their latency).
+fn run_label(r: &RunResult) -> String {
+    match r.config.rate {
+        Some(rate) => format!("{} @ {rate:.0}/s", workload_name(r)),
+        None => workload_name(r),
+    }
+}
+
+fn ratio(x: f64, of: Option<f64>) -> String {
+    match of {
+        Some(e) if e > 0.0 => format!("{:.2}x", x / e),
+        _ => "-".into(),
+    }
+}
+
+/// The markdown table: one row per workload (closed loop) or workload and
+/// offered load (open loop, `@ N/s`) and backend. The ratio columns compare
+/// each backend's throughput and p99 with etcd's on the same row label.
 pub fn markdown(results: &[RunResult]) -> String {
-    let mut by_workload: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
+    let mut by_label: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
     for r in results {
-        by_workload.entry(workload_name(r)).or_default().push(r);
+        by_label.entry(run_label(r)).or_default().push(r);
     }
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | system | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors | vs etcd |"
+        "| workload | system | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors | vs etcd | p99 vs etcd |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (w, runs) in &by_workload {
-        let etcd = runs.iter().find(|r| r.backend == "etcd").map(|r| r.ops_per_second);
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (w, runs) in &by_label {
+        let etcd = runs.iter().find(|r| r.backend == "etcd");
         for r in runs {
-            let ratio = match etcd {
-                Some(e) if e > 0.0 => format!("{:.2}x", r.ops_per_second / e),
-                _ => "-".into(),
-            };
             let _ = writeln!(
                 out,
-                "| {w} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {ratio} |",
+                "| {w} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
                 r.backend,
                 r.config.concurrency,
                 r.ops_per_second,
                 r.latency.p50_us as f64 / 1000.0,
                 r.latency.p99_us as f64 / 1000.0,
                 r.latency.p999_us as f64 / 1000.0,
-                r.errors
+                r.errors,
+                ratio(r.ops_per_second, etcd.map(|e| e.ops_per_second)),
+                ratio(r.latency.p99_us as f64, etcd.map(|e| e.latency.p99_us as f64)),
             );
         }
     }
     out
+}
+
+/// Lowest latency the CDF chart's logarithmic axis shows, microseconds.
+const CDF_AXIS_US_MIN: f64 = 100.0;
+
+/// A latency CDF of every run with this `label` (one line per backend):
+/// x is the latency on a logarithmic axis, y the share of operations at or
+/// below it. `None` when no run of that label has CDF points.
+pub fn latency_cdf_svg(results: &[RunResult], label: &str) -> Option<String> {
+    let runs: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| run_label(r) == label && !r.latency.cdf.is_empty())
+        .collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let max_us = runs
+        .iter()
+        .flat_map(|r| r.latency.cdf.iter().map(|p| p.1 as f64))
+        .fold(CDF_AXIS_US_MIN * 10.0, f64::max);
+    let (w, h, left, top) = (520.0, 300.0, 60.0, 30.0);
+    let lo = CDF_AXIS_US_MIN.log10();
+    let span = max_us.log10() - lo;
+    let x_of = |us: f64| left + (us.max(CDF_AXIS_US_MIN).log10() - lo) / span * w;
+    let y_of = |q: f64| top + (1.0 - q) * h;
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="12">"#,
+        left + w + 180.0,
+        top + h + 50.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="18">latency CDF, {label} (x: ms, log scale; y: share of operations)</text>"#
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>"##
+    );
+    // Axis marks at each power of ten, and at the quartiles.
+    let mut tick = CDF_AXIS_US_MIN;
+    while tick <= max_us {
+        let x = x_of(tick);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            top + h,
+            top + h + 16.0,
+            tick / 1000.0
+        );
+        tick *= 10.0;
+    }
+    for q in [0.25, 0.5, 0.75, 1.0] {
+        let y = y_of(q);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{q}</text>"#,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    for (i, r) in runs.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let points: Vec<String> = r
+            .latency
+            .cdf
+            .iter()
+            .map(|&(q, us)| format!("{:.1},{:.1}", x_of(us as f64), y_of(q)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"><title>{}: p50 {:.2} ms, p99 {:.2} ms</title></polyline>"#,
+            points.join(" "),
+            r.backend,
+            r.latency.p50_us as f64 / 1000.0,
+            r.latency.p99_us as f64 / 1000.0
+        );
+        let y = top + 14.0 * i as f64;
+        let x = left + w + 20.0;
+        let _ = writeln!(s, r#"<rect x="{x:.1}" y="{y:.1}" width="10" height="10" fill="{c}"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            x + 14.0,
+            y + 10.0,
+            r.backend
+        );
+    }
+    s.push_str("</svg>\n");
+    Some(s)
+}
+
+/// File name of a label's CDF chart: `latency-<label>.svg` with every
+/// character outside `[a-z0-9]` turned into `-`.
+fn cdf_file_name(label: &str) -> String {
+    let slug: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("latency-{}.svg", slug.trim_matches('-'))
 }
 
 /// A grouped bar chart of throughput per workload and backend.
@@ -116,12 +240,21 @@ pub fn throughput_svg(results: &[RunResult]) -> String {
     s
 }
 
-/// Writes `results.json`, `results.md` and `throughput.svg` into `dir`.
+/// Writes `results.json`, `results.md`, `throughput.svg` and one latency
+/// CDF chart per row label (`latency-<label>.svg`) into `dir`.
 pub fn write_report(results: &[RunResult], dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(results)?)?;
     std::fs::write(dir.join("results.md"), markdown(results))?;
     std::fs::write(dir.join("throughput.svg"), throughput_svg(results))?;
+    let mut labels: Vec<String> = results.iter().map(run_label).collect();
+    labels.sort();
+    labels.dedup();
+    for label in labels {
+        if let Some(svg) = latency_cdf_svg(results, &label) {
+            std::fs::write(dir.join(cdf_file_name(&label)), svg)?;
+        }
+    }
     Ok(())
 }
 
@@ -222,9 +355,9 @@ mod tests {
         ];
         let md = markdown(&rs);
         assert!(md.contains("| a | ringkv-forward | 64 | 2500 | 1.50 | 4.00 |"), "{md}");
-        assert!(md.contains("2.50x"), "{md}");
+        assert!(md.contains("| 2.50x | 1.00x |"), "{md}");
         assert!(
-            md.contains("| c | ringkv-forward | 64 | 900 |") && md.contains("| - |"),
+            md.contains("| c | ringkv-forward | 64 | 900 |") && md.contains("| - | - |"),
             "{md}"
         );
         let svg = throughput_svg(&rs);
@@ -235,6 +368,45 @@ mod tests {
         let back: Vec<RunResult> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
         assert_eq!(back.len(), 3);
+        // No CDF points in these results: no CDF charts.
+        assert!(!dir.path().join("latency-a.svg").exists());
+    }
+
+    #[test]
+    fn open_loop_runs_compare_p99_at_the_same_offered_load_and_get_a_cdf() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for us in 1..=1000u64 {
+            h.record(us * 10).unwrap();
+        }
+        let lat = Latency::of(&h);
+        assert_eq!(lat.cdf.len(), crate::runner::CDF_QUANTILES.len());
+        assert_eq!(lat.cdf.first().map(|p| p.0), Some(0.0));
+        assert!(lat.cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        let open = |backend: &str, p99_us: u64| {
+            let mut r = result(backend, Workload::Write, 500.0);
+            r.config.rate = Some(500.0);
+            r.latency = Latency { p99_us, ..lat.clone() };
+            r
+        };
+        let rs = vec![
+            result("etcd", Workload::Write, 1000.0),
+            open("ringkv", 2000),
+            open("etcd", 8000),
+        ];
+        let md = markdown(&rs);
+        assert!(md.contains("| write @ 500/s | ringkv | 64 | 500 |"), "{md}");
+        assert!(md.contains("| 1.00x | 0.25x |"), "{md}");
+        let svg = latency_cdf_svg(&rs, "write @ 500/s").expect("a chart");
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(
+            latency_cdf_svg(&rs, "write").is_none(),
+            "closed-loop run has no CDF points"
+        );
+        assert_eq!(cdf_file_name("write @ 500/s"), "latency-write---500-s.svg");
+        let dir = tempfile::tempdir().unwrap();
+        write_report(&rs, dir.path()).unwrap();
+        assert!(dir.path().join("latency-write---500-s.svg").exists());
     }
 
     #[test]

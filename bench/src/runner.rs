@@ -97,11 +97,26 @@ pub struct Latency {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// The latency distribution at [`CDF_QUANTILES`]: `(quantile, us)`,
+    /// for the latency CDF chart. Empty in results written before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdf: Vec<(f64, u64)>,
 }
+
+/// Quantiles a [`Latency`] keeps for its CDF: dense in the body, then the
+/// tail up to the maximum.
+pub const CDF_QUANTILES: [f64; 19] = [
+    0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
 
 impl Latency {
     /// The summary of a histogram of microseconds.
     pub fn of(h: &Histogram<u64>) -> Self {
+        let cdf = if h.is_empty() {
+            Vec::new()
+        } else {
+            CDF_QUANTILES.iter().map(|&q| (q, h.value_at_quantile(q))).collect()
+        };
         Self {
             count: h.len(),
             mean_us: h.mean(),
@@ -110,6 +125,7 @@ impl Latency {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            cdf,
         }
     }
 }
