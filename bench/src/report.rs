@@ -173,19 +173,17 @@ pub fn latency_cdf_svg(results: &[RunResult], label: &str) -> Option<String> {
     Some(s)
 }
 
-/// File name of a label's CDF chart: `latency-<label>.svg` with every
-/// character outside `[a-z0-9]` turned into `-`.
+/// File name of a label's CDF chart: `latency-<label>.svg` with every run
+/// of characters outside `[a-z0-9]` turned into one `-`.
 fn cdf_file_name(label: &str) -> String {
-    let slug: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut slug = String::with_capacity(label.len());
+    for c in label.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
     format!("latency-{}.svg", slug.trim_matches('-'))
 }
 
@@ -403,10 +401,10 @@ mod tests {
             latency_cdf_svg(&rs, "write").is_none(),
             "closed-loop run has no CDF points"
         );
-        assert_eq!(cdf_file_name("write @ 500/s"), "latency-write---500-s.svg");
+        assert_eq!(cdf_file_name("write @ 500/s"), "latency-write-500-s.svg");
         let dir = tempfile::tempdir().unwrap();
         write_report(&rs, dir.path()).unwrap();
-        assert!(dir.path().join("latency-write---500-s.svg").exists());
+        assert!(dir.path().join("latency-write-500-s.svg").exists());
     }
 
     #[test]
