@@ -117,7 +117,8 @@ print(int(ops[-1]) if ops else 0)
 PY
 }
 for w in "${OPEN_WORKLOADS[@]}"; do
-    lower=$(( $(closed_ops ringkv "$w") < $(closed_ops etcd "$w") ? $(closed_ops ringkv "$w") : $(closed_ops etcd "$w") ))
+    ringkv_ops=$(closed_ops ringkv "$w"); etcd_ops=$(closed_ops etcd "$w")
+    lower=$(( ringkv_ops < etcd_ops ? ringkv_ops : etcd_ops ))
     rate=$(( lower * OPEN_SHARE / 100 ))
     [[ $rate -gt 0 ]] || die "no closed-loop throughput for $w to derive the open-loop rate from"
     log "$w: open loop at $rate ops/s ($OPEN_SHARE% of $lower)"

@@ -164,8 +164,7 @@ pub(super) async fn open_group(
         raft,
         reads,
         lease,
-        opened_at: Instant::now(),
-        history_at_open: !uninitialized,
+        votes_withheld_until: cfg.raft.lease().votes_withheld_until(!uninitialized, Instant::now()),
     });
     Ok((shard, meta, uninitialized))
 }

@@ -88,12 +88,11 @@ pub struct Shard {
     pub reads: Arc<ReadIndex>,
     /// Acknowledgements behind lease reads (`raft::lease`).
     pub lease: Arc<Lease>,
-    /// When this process opened the replica's group.
-    pub opened_at: Instant,
-    /// Whether the replica had a vote or log entries when it opened: it may
-    /// then have acknowledged a leader just before, and must not vote until
-    /// that leader's lease is over (`LeaseConfig::declines_votes_after_open`).
-    pub history_at_open: bool,
+    /// Until when the replica declines vote requests: it had a vote or log
+    /// entries when this process opened it, so it may have acknowledged a
+    /// leader just before and must not vote until that leader's lease is
+    /// over (`LeaseConfig::votes_withheld_until`).
+    pub votes_withheld_until: Option<Instant>,
 }
 
 /// A replica that passed [`Node::read_barrier`]: local reads go through

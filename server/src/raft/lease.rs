@@ -23,7 +23,7 @@
 //! - a follower that restarts forgets when it last heard from the leader and
 //!   would vote at once; a replica with Raft history therefore declines
 //!   votes for `election_timeout_max` after it opened (checked by the
-//!   transport, see [`LeaseConfig::declines_votes_after_open`]).
+//!   transport, see [`LeaseConfig::votes_withheld_until`]).
 //!
 //! Owns only the bookkeeping of acknowledgements and the pure decision. It
 //! does no I/O and does not read any data; the node decides what to do with
@@ -60,11 +60,11 @@ impl LeaseConfig {
         !self.read_lease.is_zero()
     }
 
-    /// Whether a replica that has Raft history and opened at `opened` must
-    /// still decline vote requests at `now`: it may have acknowledged a
-    /// leader just before this process started, and forgot when.
-    pub fn declines_votes_after_open(&self, opened: Instant, now: Instant) -> bool {
-        self.enabled() && now < opened + self.follower_lease
+    /// Until when a replica opened at `opened` declines vote requests: one
+    /// with Raft history (`history`) may have acknowledged a leader just
+    /// before this process started, and forgot when. `None`: it votes.
+    pub fn votes_withheld_until(&self, history: bool, opened: Instant) -> Option<Instant> {
+        (self.enabled() && history).then(|| opened + self.follower_lease)
     }
 }
 
@@ -349,12 +349,14 @@ mod tests {
     #[test]
     fn a_replica_with_history_declines_votes_for_the_follower_lease_after_it_opened() {
         let opened = Instant::now();
-        assert!(cfg().declines_votes_after_open(opened, opened + ms(399)));
-        assert!(!cfg().declines_votes_after_open(opened, opened + ms(400)));
+        let until = cfg().votes_withheld_until(true, opened).expect("withheld");
+        assert!(opened + ms(399) < until);
+        assert!(opened + ms(400) >= until);
+        assert_eq!(cfg().votes_withheld_until(false, opened), None);
         let off = LeaseConfig {
             read_lease: Duration::ZERO,
             ..cfg()
         };
-        assert!(!off.declines_votes_after_open(opened, opened));
+        assert_eq!(off.votes_withheld_until(true, opened), None);
     }
 }

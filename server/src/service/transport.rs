@@ -94,13 +94,9 @@ impl TransportService {
                         let voters = m.membership_config.membership().voter_ids();
                         let why = if crate::raft::refuses_votes(self.node.id, &m.vote, m.last_log_index, voters) {
                             Some("not a voter here")
-                        } else if shard.history_at_open
-                            && self
-                                .node
-                                .cfg
-                                .raft
-                                .lease()
-                                .declines_votes_after_open(shard.opened_at, std::time::Instant::now())
+                        } else if shard
+                            .votes_withheld_until
+                            .is_some_and(|until| std::time::Instant::now() < until)
                         {
                             Some("restarted within a leader lease")
                         } else {
