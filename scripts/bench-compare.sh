@@ -56,7 +56,7 @@ EP=(127.0.0.1:23801 127.0.0.1:23802 127.0.0.1:23803)
 INITIAL="1=${RK[0]},2=${RK[1]},3=${RK[2]}"
 for i in 0 1 2; do
     "$SERVER" --node-id $((i + 1)) --listen "${RK[$i]}" --data-dir "$WORK/ringkv$((i + 1))" \
-        --initial-cluster "$INITIAL" --shards 16 >"$WORK/ringkv$((i + 1)).log" 2>&1 &
+        --initial-cluster "$INITIAL" >"$WORK/ringkv$((i + 1)).log" 2>&1 &
     PIDS+=($!)
 done
 ETCD_CLUSTER="e1=http://${EP[0]},e2=http://${EP[1]},e3=http://${EP[2]}"

@@ -184,7 +184,7 @@ expect_args "--node-id
 --initial-cluster
 1=10.96.0.10:50051,2=10.96.0.11:50051,3=10.96.0.12:50051
 --shards
-16
+0
 --slow-request-ms
 250" POD_NAME=ringkv-1 RINGKV_REPLICAS=3
 grep -q 'waiting for DNS name ringkv-peer-2' "$stub/stderr" \

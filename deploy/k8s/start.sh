@@ -20,7 +20,7 @@
 #   POD_NAME             this pod's name, e.g. ringkv-2 (downward API)
 #   RINGKV_REPLICAS      cluster size fixed at bootstrap (= spec.replicas)
 #   RINGKV_PEER_PREFIX   peer Service name prefix (default ringkv-peer-)
-#   RINGKV_SHARDS        data shards at bootstrap (default 16)
+#   RINGKV_SHARDS        data shards at bootstrap (default 0: one per node)
 #   RINGKV_GRPC_PORT     gRPC port (default 50051)
 #   RINGKV_STATUS_PORT   status port (default 9091)
 #   RINGKV_DATA_DIR      data directory (default /var/lib/ringkv)
@@ -33,7 +33,7 @@ log() { printf 'start.sh: %s\n' "$*" >&2; }
 : "${POD_NAME:?POD_NAME must be set (downward API metadata.name)}"
 : "${RINGKV_REPLICAS:?RINGKV_REPLICAS must be set to the StatefulSet replicas}"
 peer_prefix=${RINGKV_PEER_PREFIX:-ringkv-peer-}
-shards=${RINGKV_SHARDS:-16}
+shards=${RINGKV_SHARDS:-0}
 grpc_port=${RINGKV_GRPC_PORT:-50051}
 status_port=${RINGKV_STATUS_PORT:-9091}
 data_dir=${RINGKV_DATA_DIR:-/var/lib/ringkv}

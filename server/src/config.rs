@@ -51,7 +51,10 @@ pub struct Config {
     /// `id=host:port` pairs, comma separated, of the nodes that bootstrap
     /// the cluster. Ignored when the data dir already holds a cluster.
     pub initial_cluster: String,
-    /// Number of data shards the ring is split into at bootstrap.
+    /// Number of data shards the ring is split into at bootstrap; 0 (the
+    /// default) = one per node in `initial_cluster`, so every node can lead
+    /// one group. Fewer, larger groups put more requests in each Raft entry
+    /// (see docs/performance.md); shards split as they grow.
     pub shards: u32,
     /// `host:port` of any member of a running cluster: on first start the
     /// node joins that cluster instead of bootstrapping one (then
@@ -284,7 +287,7 @@ impl Default for Config {
             peer_source_address: String::new(),
             data_dir: PathBuf::from("./data/ringkv"),
             initial_cluster: String::new(),
-            shards: 16,
+            shards: 0,
             join: String::new(),
             advertise: String::new(),
             zone: String::new(),
@@ -375,6 +378,21 @@ impl Config {
         parse_initial_cluster(&self.initial_cluster)
     }
 
+    /// The data shards a bootstrap creates: `shards`, or one per node of
+    /// `initial_cluster` when it is 0. Every node of a bootstrap computes the
+    /// same number from the same flags.
+    pub fn bootstrap_shards(&self) -> Result<u32, ConfigError> {
+        if self.shards != 0 {
+            return Ok(self.shards);
+        }
+        let nodes = self.initial_nodes()?.len();
+        assert!(
+            (1..=INITIAL_NODES_MAX).contains(&nodes),
+            "parse_initial_cluster bounds the node count"
+        );
+        Ok(nodes as u32)
+    }
+
     /// Checks every field and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
@@ -407,8 +425,11 @@ impl Config {
         if !t.enabled() && (set(&t.ca_file) || t.require_client_cert) {
             return bad("tls.ca_file and tls.require_client_cert need tls.cert_file and tls.key_file".into());
         }
-        if self.shards == 0 || self.shards > SHARDS_MAX {
-            return bad(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards));
+        if self.shards > SHARDS_MAX {
+            return bad(format!(
+                "shards must be 0 (one per initial node) or 1..={SHARDS_MAX}, got {}",
+                self.shards
+            ));
         }
         if let Err(e) = check_zone(&self.zone) {
             return bad(e);
@@ -606,6 +627,16 @@ mod tests {
     }
 
     #[test]
+    fn bootstrap_shards_default_to_one_per_initial_node() {
+        let mut c = valid();
+        assert_eq!(c.bootstrap_shards().unwrap(), 3);
+        c.initial_cluster = "7=127.0.0.1:7".into();
+        assert_eq!(c.bootstrap_shards().unwrap(), 1);
+        c.shards = 16;
+        assert_eq!(c.bootstrap_shards().unwrap(), 16);
+    }
+
+    #[test]
     fn example_file_parses_and_validates() {
         let text = include_str!("../../ringkv.example.toml");
         let cfg: Config = toml::from_str(text).unwrap();
@@ -621,7 +652,7 @@ mod tests {
         c.raft.election_timeout_ms_max = c.raft.election_timeout_ms_min;
         assert!(c.validate().is_err());
         let mut c = valid();
-        c.shards = 0;
+        c.shards = SHARDS_MAX + 1;
         assert!(c.validate().is_err());
         assert!(parse_initial_cluster("1=foo").is_err());
         assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());

@@ -47,7 +47,8 @@ struct Args {
     /// Bootstrap members: 1=host:port,2=host:port,3=host:port.
     #[arg(long)]
     initial_cluster: Option<String>,
-    /// Data shards created at bootstrap.
+    /// Data shards created at bootstrap (0, the default: one per node of
+    /// --initial-cluster).
     #[arg(long)]
     shards: Option<u32>,
     /// Join the running cluster that has a member at this host:port (first

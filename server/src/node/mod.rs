@@ -206,7 +206,7 @@ impl Node {
                 (l, StartMode::Join)
             }
             None => {
-                let l = ClusterLayout::bootstrap(&cfg.initial_nodes()?, cfg.shards);
+                let l = ClusterLayout::bootstrap(&cfg.initial_nodes()?, cfg.bootstrap_shards()?);
                 tracing::info!(
                     node = cfg.node_id,
                     shards = l.shards.len(),
