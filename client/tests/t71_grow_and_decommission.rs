@@ -1,10 +1,12 @@
-//! Grows a 3-node cluster to 5 under continuous smart-client reads and
-//! writes (two nodes started with `--join`), waits for the metadata
-//! leader's rebalancer to even out replicas and leaders, then decommissions
-//! one of the new nodes under the same load. The load must see no error
-//! and no lost write; afterwards replica and leader counts per node are
-//! within one of each other, and the decommissioned node holds nothing and
-//! has left the layout.
+//! Grows a 3-node cluster of 3 shards (one per node, as a default
+//! bootstrap makes) to 5 nodes under continuous smart-client reads and
+//! writes (two nodes started with `--join`). The metadata leader splits
+//! shards until there is one per node (`placement.shards_per_node_min`), and
+//! its rebalancer evens out replicas and leaders, so every new node leads a
+//! shard. Then one of the new nodes is decommissioned under the same load.
+//! The load must see no error and no lost write; afterwards replica and
+//! leader counts per node are within one of each other, and the
+//! decommissioned node holds nothing and has left the layout.
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
@@ -21,10 +23,15 @@ use ringkv_proto::v1::ListNodesRequest;
 use ringkv_proto::v1::ListNodesResponse;
 use ringkv_proto::v1::ListOperationsRequest;
 use ringkv_proto::v1::ListShardsRequest;
+use ringkv_proto::v1::ListShardsResponse;
 use ringkv_proto::v1::RemoveNodeRequest;
+use ringkv_proto::v1::ShardPlacement;
 use tonic::transport::Channel;
 
-const SHARDS: u32 = 8;
+/// Shards at bootstrap: one per initial node.
+const SHARDS: u32 = 3;
+/// Shards once the cluster has grown to five nodes.
+const SHARDS_GROWN: usize = 5;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn spread(counts: impl Iterator<Item = u64>) -> u64 {
@@ -32,8 +39,9 @@ fn spread(counts: impl Iterator<Item = u64>) -> u64 {
     v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0)
 }
 
-/// Replicas and leaders per node once no move is in flight, or `None`.
-async fn settled(c: &Cluster, a: &mut AdminClient<Channel>) -> Option<ListNodesResponse> {
+/// Nodes (replicas and leaders per node) and shards once no move is in
+/// flight, or `None`.
+async fn settled(c: &Cluster, a: &mut AdminClient<Channel>) -> Option<(ListNodesResponse, ListShardsResponse)> {
     let ops = a
         .list_operations(c.admin_request(ListOperationsRequest {}))
         .await
@@ -54,32 +62,38 @@ async fn settled(c: &Cluster, a: &mut AdminClient<Channel>) -> Option<ListNodesR
     {
         return None;
     }
-    Some(
-        a.list_nodes(c.admin_request(ListNodesRequest {}))
-            .await
-            .ok()?
-            .into_inner(),
-    )
+    let nodes = a
+        .list_nodes(c.admin_request(ListNodesRequest {}))
+        .await
+        .ok()?
+        .into_inner();
+    Some((nodes, shards))
 }
 
-/// Waits until the nodes of `expected` are all up and hold balanced replica
-/// and leader counts; returns the final listing.
-async fn wait_balanced(c: &Cluster, a: &mut AdminClient<Channel>, expected: &[u64]) -> ListNodesResponse {
+/// Waits until the nodes of `expected` are all up, the cluster has
+/// `shards` data shards, and replica and leader counts are balanced;
+/// returns the final listings.
+async fn wait_balanced(
+    c: &Cluster,
+    a: &mut AdminClient<Channel>,
+    expected: &[u64],
+    shards: usize,
+) -> (ListNodesResponse, ListShardsResponse) {
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     let mut last = None;
     loop {
-        if let Some(n) = settled(c, a).await {
+        if let Some((n, s)) = settled(c, a).await {
             let ids: Vec<u64> = n.nodes.iter().map(|n| n.id).collect();
             let all_up = n.nodes.iter().all(|n| n.up);
-            if ids == expected && all_up {
+            if ids == expected && all_up && s.shards.len() == shards {
                 let replicas = spread(n.nodes.iter().map(|n| n.replicas));
                 let leaders = spread(n.nodes.iter().map(|n| n.leaders));
                 let total: u64 = n.nodes.iter().map(|n| n.leaders).sum();
-                if replicas <= 1 && leaders <= 1 && total == u64::from(SHARDS) {
-                    return n;
+                if replicas <= 1 && leaders <= 1 && total == shards as u64 {
+                    return (n, s);
                 }
             }
-            last = Some(n);
+            last = Some((n, s));
         }
         assert!(
             Instant::now() < deadline,
@@ -89,14 +103,29 @@ async fn wait_balanced(c: &Cluster, a: &mut AdminClient<Channel>, expected: &[u6
     }
 }
 
+/// A key whose token falls in `shard`'s first range, found by probing
+/// `prefix-N` names.
+fn key_in(prefix: &str, shard: &ShardPlacement) -> Vec<u8> {
+    let r = shard.ranges.first().expect("a shard owns a range");
+    for i in 0..1_000_000u64 {
+        let k = format!("{prefix}-{i}").into_bytes();
+        let t = ringkv_server::ring::token_of(&k);
+        if t >= r.start && (r.end_is_max || t < r.end) {
+            return k;
+        }
+    }
+    panic!("no key found for shard {}", shard.id);
+}
+
 /// A plain gRPC client (no routing) reads a key of every shard through
 /// every node: nodes that do not host a shard forward to its leader, also
 /// when the first replica they know of does not lead it.
-async fn every_node_serves_every_shard(c: &Cluster, nodes: &[u64]) {
+async fn every_node_serves_every_shard(c: &Cluster, nodes: &[u64], shards: &ListShardsResponse) {
     for n in nodes {
         let mut kv = c.kv(*n).await.expect("kv");
-        for shard in 1..=u64::from(SHARDS) {
-            let key = common::key_in_shard("t71-forward", shard, SHARDS);
+        for s in &shards.shards {
+            let shard = s.id;
+            let key = key_in("t71-forward", s);
             let mut last = None;
             for _ in 0..3 {
                 let r = kv
@@ -124,9 +153,16 @@ async fn grow_three_to_five_then_decommission_under_load() {
     let opts = Opts {
         nodes: 3,
         shards: SHARDS,
-        extra_args: ["--placement-tick-ms", "200", "--node-alive-ms", "3000"]
-            .map(String::from)
-            .to_vec(),
+        extra_args: [
+            "--placement-tick-ms",
+            "200",
+            "--node-alive-ms",
+            "3000",
+            "--shards-per-node-min",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Opts::default()
     };
     let mut c = Cluster::start(opts).await;
@@ -138,19 +174,20 @@ async fn grow_three_to_five_then_decommission_under_load() {
     let five = c.add_joining_node(2, vec![]);
     assert_eq!((four, five), (4, 5));
     let mut a = c.admin(1).await.expect("admin 1");
-    let grown = wait_balanced(&c, &mut a, &[1, 2, 3, 4, 5]).await;
-    eprintln!("grown: {grown:#?}");
+    let (grown, grown_shards) = wait_balanced(&c, &mut a, &[1, 2, 3, 4, 5], SHARDS_GROWN).await;
+    eprintln!("grown: {grown:#?}\n{grown_shards:#?}");
     for n in &grown.nodes {
-        assert!(n.replicas >= 4, "node {} holds only {} replicas", n.id, n.replicas);
+        assert!(n.replicas >= 3, "node {} holds only {} replicas", n.id, n.replicas);
         assert!(n.leaders >= 1, "node {} leads nothing", n.id);
     }
     load.wait_ops(300, Duration::from_secs(60)).await;
-    every_node_serves_every_shard(&c, &[1, 2, 3, 4, 5]).await;
+    every_node_serves_every_shard(&c, &[1, 2, 3, 4, 5], &grown_shards).await;
 
     a.remove_node(c.admin_request(RemoveNodeRequest { node_id: 5 }))
         .await
         .expect("decommission node 5");
-    let shrunk = wait_balanced(&c, &mut a, &[1, 2, 3, 4]).await;
+    // Shards do not merge: four nodes keep the five shards.
+    let shrunk = wait_balanced(&c, &mut a, &[1, 2, 3, 4], SHARDS_GROWN).await;
     eprintln!("after decommission: {shrunk:#?}");
     // Node 5 deletes every replica it held.
     let deadline = Instant::now() + SETTLE_TIMEOUT;

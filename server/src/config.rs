@@ -146,6 +146,10 @@ pub struct PlacementConfig {
     /// A shard whose leader estimates it larger than this is split at the
     /// middle of its range, while rebalancing is on (0 = never).
     pub split_shard_bytes: u64,
+    /// While the cluster has fewer data shards than this many per member
+    /// node (draining nodes aside), the largest shard is split, so nodes
+    /// that join get shards to lead; while rebalancing is on (0 = never).
+    pub shards_per_node_min: u32,
 }
 
 impl Default for PlacementConfig {
@@ -157,6 +161,7 @@ impl Default for PlacementConfig {
             node_down_replace_ms: 10 * 60 * 1000,
             move_target_down_ms: 60_000,
             split_shard_bytes: 1 << 30,
+            shards_per_node_min: 1,
         }
     }
 }
@@ -458,6 +463,12 @@ impl Config {
             }
         }
         let p = &self.placement;
+        if p.shards_per_node_min > crate::placement::SHARDS_PER_NODE_MIN_MAX {
+            return bad(format!(
+                "placement.shards_per_node_min must be <= {}",
+                crate::placement::SHARDS_PER_NODE_MIN_MAX
+            ));
+        }
         if p.tick_ms == 0 || p.tick_ms > 60_000 {
             return bad("placement.tick_ms must be 1..=60000".into());
         }
@@ -653,6 +664,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = valid();
         c.shards = SHARDS_MAX + 1;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.placement.shards_per_node_min = crate::placement::SHARDS_PER_NODE_MIN_MAX + 1;
         assert!(c.validate().is_err());
         assert!(parse_initial_cluster("1=foo").is_err());
         assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());

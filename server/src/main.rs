@@ -80,6 +80,9 @@ struct Args {
     /// Split shards larger than this many bytes (0 = never).
     #[arg(long)]
     split_shard_bytes: Option<u64>,
+    /// Split shards while there are fewer than this many per node (0 = never).
+    #[arg(long)]
+    shards_per_node_min: Option<u32>,
     #[arg(long)]
     heartbeat_interval_ms: Option<u64>,
     #[arg(long)]
@@ -162,6 +165,7 @@ impl Args {
         set!(self.move_target_down_ms, c.placement.move_target_down_ms);
         set!(self.node_alive_ms, c.placement.node_alive_ms);
         set!(self.split_shard_bytes, c.placement.split_shard_bytes);
+        set!(self.shards_per_node_min, c.placement.shards_per_node_min);
         set!(self.heartbeat_interval_ms, c.raft.heartbeat_interval_ms);
         set!(self.election_timeout_ms_min, c.raft.election_timeout_ms_min);
         set!(self.election_timeout_ms_max, c.raft.election_timeout_ms_max);

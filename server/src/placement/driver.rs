@@ -181,14 +181,16 @@ async fn tick_once(node: &Arc<Node>) -> Result<(), ServerError> {
     let layout = node.committed_layout().await?;
     if layout.rebalance_enabled && layout.ops.is_empty() && layout.splits.is_empty() {
         let sizes = node.placement.sizes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(shard) = super::plan_split(&layout, &sizes, p.split_shard_bytes) {
+        if let Some((shard, why)) = super::plan_split(&layout, &sizes, p.split_shard_bytes, p.shards_per_node_min) {
             tracing::info!(
                 shard,
                 bytes = sizes.get(&shard).copied().unwrap_or(0),
-                "splitting a large shard"
+                reason = why.as_str(),
+                shards = layout.shards.len(),
+                "splitting a shard"
             );
             let now = crate::node::now_ms();
-            node.change_layout(|l| super::start_split(l, shard, None, "size", now).map(Some))
+            node.change_layout(|l| super::start_split(l, shard, None, why.as_str(), now).map(Some))
                 .await?;
         }
     }

@@ -288,18 +288,63 @@ pub fn finish_split(layout: &ClusterLayout, shard: u64) -> Result<ClusterLayout,
     })
 }
 
-/// The largest shard (by `sizes`: shard -> bytes) above `split_bytes`
-/// that is not busy, to split at its middle; `split_bytes == 0` = never.
-pub fn plan_split(layout: &ClusterLayout, sizes: &BTreeMap<u64, u64>, split_bytes: u64) -> Option<u64> {
-    if split_bytes == 0 {
-        return None;
+/// Upper bound on `placement.shards_per_node_min`.
+pub const SHARDS_PER_NODE_MIN_MAX: u32 = 64;
+
+/// Why [`plan_split`] picked a shard; the text goes into the split's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitReason {
+    /// Larger than `placement.split_shard_bytes`.
+    Size,
+    /// Fewer data shards than `placement.shards_per_node_min` per member
+    /// node, so some node could lead nothing.
+    NodeCount,
+}
+
+impl SplitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitReason::Size => "size",
+            SplitReason::NodeCount => "shards_per_node_min",
+        }
     }
-    sizes
-        .iter()
-        .filter(|(s, b)| **b > split_bytes && layout.shards.get(s).is_some_and(|i| i.ranges.len() == 1))
-        .filter(|(s, _)| !layout.busy(**s))
-        .max_by_key(|(s, b)| (**b, std::cmp::Reverse(**s)))
-        .map(|(s, _)| *s)
+}
+
+/// The shard to split at its middle next, if any:
+/// - the largest shard (by `sizes`: shard -> bytes) above `split_bytes`
+///   (`0` = never by size);
+/// - else, while the cluster has fewer data shards than
+///   `shards_per_node_min` per node that is not draining (`0` = off), the
+///   largest shard, so a grown cluster gets a shard for every node to lead.
+///
+/// Only shards with one token range and no operation in flight qualify; ties
+/// go to the lowest id. Pure: the driver supplies sizes and starts the split.
+pub fn plan_split(
+    layout: &ClusterLayout,
+    sizes: &BTreeMap<u64, u64>,
+    split_bytes: u64,
+    shards_per_node_min: u32,
+) -> Option<(u64, SplitReason)> {
+    let size = |s: u64| sizes.get(&s).copied().unwrap_or(0);
+    let largest = |min_bytes: u64| {
+        layout
+            .shards
+            .values()
+            .filter(|i| i.ranges.len() == 1 && !layout.busy(i.id) && size(i.id) >= min_bytes)
+            .max_by_key(|i| (size(i.id), std::cmp::Reverse(i.id)))
+            .map(|i| i.id)
+    };
+    if split_bytes > 0 {
+        if let Some(s) = largest(split_bytes.saturating_add(1)) {
+            return Some((s, SplitReason::Size));
+        }
+    }
+    let nodes = layout.nodes.keys().filter(|n| !layout.draining.contains(n)).count() as u64;
+    let wanted = (nodes * u64::from(shards_per_node_min)).min(u64::from(crate::config::SHARDS_MAX));
+    if (layout.shards.len() as u64) < wanted {
+        return largest(0).map(|s| (s, SplitReason::NodeCount));
+    }
+    None
 }
 
 /// Adds a node (idempotent for the same id, address and zone); `zone`
@@ -1010,10 +1055,46 @@ mod tests {
         assert!(start_split(&l, 1, Some(r2.start), "", 0).is_err());
         // Auto split picks the largest shard over the threshold.
         let sizes = BTreeMap::from([(1, 10), (2, 500)]);
-        assert_eq!(plan_split(&l, &sizes, 100), Some(2));
-        assert_eq!(plan_split(&l, &sizes, 1000), None);
-        assert_eq!(plan_split(&l, &sizes, 0), None);
-        assert_eq!(plan_split(&s, &sizes, 100), None, "busy shards are not split again");
+        assert_eq!(plan_split(&l, &sizes, 100, 0), Some((2, SplitReason::Size)));
+        assert_eq!(plan_split(&l, &sizes, 1000, 0), None);
+        assert_eq!(plan_split(&l, &sizes, 0, 0), None);
+        assert_eq!(plan_split(&s, &sizes, 100, 0), None, "busy shards are not split again");
+    }
+
+    #[test]
+    fn split_until_every_node_can_lead_a_shard() {
+        // Three shards, one per initial node; two more nodes join.
+        let mut l = ClusterLayout::bootstrap(&nodes(3), 3);
+        for id in 4..=5 {
+            l = add_node(&l, id, &format!("127.0.0.1:{}", 5000 + id), "")
+                .unwrap()
+                .unwrap();
+        }
+        let sizes = BTreeMap::from([(1, 10), (2, 30), (3, 20)]);
+        assert_eq!(plan_split(&l, &sizes, 0, 0), None, "0 turns the rule off");
+        assert_eq!(plan_split(&l, &sizes, 0, 1), Some((2, SplitReason::NodeCount)));
+        assert_eq!(
+            plan_split(&l, &BTreeMap::new(), 0, 1),
+            Some((1, SplitReason::NodeCount)),
+            "unknown sizes count as 0, ties go to the lowest id"
+        );
+        assert_eq!(
+            plan_split(&l, &sizes, 25, 1),
+            Some((2, SplitReason::Size)),
+            "a size split comes first"
+        );
+        // One split in flight: the others wait for it (the driver plans
+        // only when nothing is in flight; busy shards never qualify).
+        let s = start_split(&l, 2, None, "t", 0).unwrap();
+        assert_eq!(plan_split(&s, &sizes, 0, 1), Some((3, SplitReason::NodeCount)));
+        let mut f = finish_split(&s, 2).unwrap();
+        f = finish_split(&start_split(&f, 3, None, "t", 0).unwrap(), 3).unwrap();
+        assert_eq!(f.shards.len(), 5);
+        assert_eq!(plan_split(&f, &sizes, 0, 1), None, "five shards for five nodes");
+        assert_eq!(plan_split(&f, &sizes, 0, 2).map(|p| p.1), Some(SplitReason::NodeCount));
+        // A draining node does not count.
+        let d = drain_node(&f, 5).unwrap().unwrap();
+        assert_eq!(plan_split(&d, &sizes, 0, 1), None);
     }
 
     fn zoned(n: u64, zones: &[&str]) -> ClusterLayout {

@@ -185,6 +185,14 @@ impl Cluster {
             "3000",
         ])
         .args(&opts.extra_args)
+        // Tests fix their shard layout: no splits by node count unless the
+        // test asks for them in `extra_args`.
+        .args(
+            Some(["--shards-per-node-min", "0"])
+                .filter(|_| !opts.extra_args.iter().any(|a| a == "--shards-per-node-min"))
+                .into_iter()
+                .flatten(),
+        )
         .args(n.join.iter().flat_map(|j| ["--join".to_string(), j.clone()]))
         .args(
             n.status_addr
