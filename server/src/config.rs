@@ -148,7 +148,8 @@ pub struct PlacementConfig {
     pub split_shard_bytes: u64,
     /// While the cluster has fewer data shards than this many per member
     /// node (draining nodes aside), the largest shard is split, so nodes
-    /// that join get shards to lead; while rebalancing is on (0 = never).
+    /// that join get shards to lead; while rebalancing is on (0 = never, the
+    /// default for now).
     pub shards_per_node_min: u32,
 }
 
@@ -161,7 +162,9 @@ impl Default for PlacementConfig {
             node_down_replace_ms: 10 * 60 * 1000,
             move_target_down_ms: 60_000,
             split_shard_bytes: 1 << 30,
-            shards_per_node_min: 1,
+            // Off until the stale read that t71's ignored test reproduces
+            // is fixed (docs/placement.md, "Open bug").
+            shards_per_node_min: 0,
         }
     }
 }

@@ -733,11 +733,19 @@ pub fn plan_moves(
     }
 }
 
-/// One leadership hand-off that brings the leader counts per node closer:
-/// from the node leading most shards to the least loaded node holding a
-/// replica of one of them, when their counts differ by more than one. Only
-/// up nodes that are not draining take part; shards with a move in flight
-/// are left alone. `leaders`: node -> shards it leads.
+/// One leadership hand-off that brings the leader counts per node closer,
+/// when the most and least loaded nodes differ by more than one:
+/// - directly from the node leading most shards to the least loaded node
+///   holding a replica of one of them, if there is such a node;
+/// - else the last hop of the shortest chain of hand-offs from a most
+///   loaded node to an underloaded one (A leads a shard with a replica on B,
+///   B one with a replica on C, ...). With few shards per node the replicas
+///   of a busy node's shards may all sit on nodes that lead as much as it
+///   does minus one; a hand-off there keeps the spread and shortens the
+///   chain, so the next ticks finish it.
+///
+/// Only up nodes that are not draining take part; shards with a move in
+/// flight are left alone. `leaders`: node -> shards it leads.
 ///
 /// Nothing is handed off while a node that holds replicas is not up: its
 /// shards have just elected new leaders (or it is about to come back), and
@@ -764,26 +772,50 @@ pub fn plan_leader_transfer(
             *c = shards.iter().filter(|s| layout.shards.contains_key(s)).count();
         }
     }
-    let mut by_load: Vec<(usize, u64)> = count.iter().map(|(n, c)| (*c, *n)).collect();
-    by_load.sort_by(|a, b| b.cmp(a));
-    for (from_count, from) in by_load {
-        let led = leaders.get(&from)?;
-        let best = led
-            .iter()
+    // The hand-offs open to `from`: (target's count, target, shard).
+    let hand_offs = |from: u64| -> Vec<(usize, u64, u64)> {
+        let mut v: Vec<(usize, u64, u64)> = leaders
+            .get(&from)
+            .into_iter()
+            .flatten()
             .filter(|s| !layout.busy(**s))
             .filter_map(|s| layout.shards.get(s))
             .flat_map(|s| {
                 let count = &count;
                 s.replicas
                     .iter()
-                    .filter(move |r| **r != from && count.get(r).is_some_and(|c| c + 1 < from_count))
-                    .map(move |r| (count[r], *r, s.id))
+                    .filter(move |r| **r != from)
+                    .filter_map(move |r| count.get(r).map(|c| (*c, *r, s.id)))
             })
-            .min();
-        if let Some((_, to, shard)) = best {
-            return Some((shard, from, to));
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let mut by_load: Vec<(usize, u64)> = count.iter().map(|(n, c)| (*c, *n)).collect();
+    by_load.sort_by(|a, b| b.cmp(a));
+    for (from_count, from) in &by_load {
+        if let Some((_, to, shard)) = hand_offs(*from).into_iter().find(|(c, _, _)| c + 1 < *from_count) {
+            return Some((shard, *from, to));
         }
     }
+    let max = by_load.first().map_or(0, |(c, _)| *c);
+    // Breadth first from the most loaded nodes to any node at least two
+    // below them; the hop that reaches it is the one to make now.
+    let mut queue: std::collections::VecDeque<u64> =
+        by_load.iter().filter(|(c, _)| *c == max).map(|(_, n)| *n).collect();
+    let mut seen: BTreeSet<u64> = queue.iter().copied().collect();
+    while let Some(a) = queue.pop_front() {
+        for (c, b, shard) in hand_offs(a) {
+            if !seen.insert(b) {
+                continue;
+            }
+            if c + 2 <= max {
+                return Some((shard, a, b));
+            }
+            queue.push_back(b);
+        }
+    }
+    assert!(seen.len() <= count.len(), "the search visits each node once");
     None
 }
 
@@ -1022,6 +1054,45 @@ mod tests {
         let leaders = BTreeMap::from([(1, vec![1, 2, 3, 4]), (2, vec![5, 6]), (3, vec![])]);
         assert_eq!(plan_leader_transfer(&l, &leaders, &[1, 2].into()), None);
         assert!(plan_leader_transfer(&l, &leaders, &all(3)).is_some());
+    }
+
+    #[test]
+    fn leader_transfers_chain_when_no_direct_hand_off_helps() {
+        // Seen in t71: five nodes, five shards, node 4 leads two shards
+        // that have no replica on node 5, which leads nothing.
+        let mut l = ClusterLayout::bootstrap(&nodes(5), 5);
+        let replicas: [(u64, [u64; 3]); 5] = [
+            (1, [1, 3, 4]),
+            (2, [5, 3, 4]),
+            (3, [5, 1, 2]),
+            (4, [5, 2, 3]),
+            (5, [1, 2, 4]),
+        ];
+        for (s, r) in replicas {
+            l.shards.get_mut(&s).unwrap().replicas = r.to_vec();
+        }
+        let mut leaders: BTreeMap<u64, Vec<u64>> =
+            BTreeMap::from([(1, vec![3]), (2, vec![4]), (3, vec![2]), (4, vec![1, 5]), (5, vec![])]);
+        let mut transfers = 0;
+        while let Some((shard, from, to)) = plan_leader_transfer(&l, &leaders, &all(5)) {
+            assert!(
+                l.shards[&shard].replicas.contains(&to),
+                "{shard} has no replica on {to}"
+            );
+            assert!(leaders[&from].contains(&shard));
+            let spread = |m: &BTreeMap<u64, Vec<u64>>| {
+                let c: Vec<usize> = m.values().map(Vec::len).collect();
+                c.iter().max().unwrap() - c.iter().min().unwrap()
+            };
+            let before = spread(&leaders);
+            leaders.get_mut(&from).unwrap().retain(|s| *s != shard);
+            leaders.get_mut(&to).unwrap().push(shard);
+            assert!(spread(&leaders) <= before, "a hand-off widened the spread: {leaders:?}");
+            transfers += 1;
+            assert!(transfers <= 4, "does not converge: {leaders:?}");
+        }
+        let counts: Vec<usize> = leaders.values().map(Vec::len).collect();
+        assert_eq!(counts, vec![1, 1, 1, 1, 1], "{leaders:?}");
     }
 
     #[test]
