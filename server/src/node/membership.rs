@@ -157,6 +157,7 @@ pub(super) async fn open_group(
     let raft = Raft::new(id, config, net, log, sm)
         .await
         .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
+    tokio::spawn(log_leadership(info.id, raft.clone()));
     let reads = ReadIndex::new(raft.clone());
     let shard = Arc::new(Shard {
         id: info.id,
@@ -167,6 +168,34 @@ pub(super) async fn open_group(
         votes_withheld_until: cfg.raft.lease().votes_withheld_until(!uninitialized, Instant::now()),
     });
     Ok((shard, meta, uninitialized))
+}
+
+/// Logs every term or leader this replica of `shard` sees, with its
+/// applied and last log index: the shard id openraft's own election logs
+/// lack, and enough to tell whether a new leader still had entries to
+/// apply. Ends when the group shuts down.
+async fn log_leadership(shard: u64, raft: Raft) {
+    let mut rx = raft.metrics();
+    drop(raft);
+    let mut last = None;
+    loop {
+        let (term, leader, applied, last_log) = {
+            let m = rx.borrow_and_update();
+            (
+                m.current_term,
+                m.current_leader,
+                m.last_applied.map(|l| l.index),
+                m.last_log_index,
+            )
+        };
+        if last != Some((term, leader)) {
+            last = Some((term, leader));
+            tracing::info!(shard, term, leader = ?leader, applied = ?applied, last_log = ?last_log, "shard leadership seen");
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Registers this node with the cluster that has a member at `cfg.join`
