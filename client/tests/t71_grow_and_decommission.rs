@@ -9,9 +9,9 @@
 //! The second test does the same from 3 shards (one per node, as a default
 //! bootstrap makes) with `--shards-per-node-min 1`, so the metadata leader
 //! splits shards while the new nodes join. It is ignored: it reproduces an
-//! open bug (about one run in six reads a stale or missing value of a key
-//! of the twice-split shard after the splits, moves and hand-offs; with
-//! lease reads on or off). See docs/placement.md, "Open bug".
+//! open bug, a replica of a split shard re-created by log replay that
+//! rejects pre-split entries and then serves old values (docs/placement.md,
+//! "Open bug").
 
 #[path = "../../server/tests/common/mod.rs"]
 mod common;
@@ -155,7 +155,7 @@ async fn grow_three_to_five_then_decommission_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces an open bug: a stale read after splits, moves and hand-offs (docs/placement.md)"]
+#[ignore = "reproduces an open bug: a replica re-created by log replay after a split diverges (docs/placement.md)"]
 async fn grow_one_shard_per_node_splits_by_node_count() {
     grow_then_decommission(3, 5, &["--shards-per-node-min", "1"]).await;
 }
