@@ -113,8 +113,22 @@ pub fn node_ip(id: u64) -> String {
     format!("127.0.0.{}", 10 + id)
 }
 
+/// Attempts at finding a port this process has not handed out yet.
+const FREE_PORT_ATTEMPTS_MAX: usize = 100;
+
+/// A port the OS reports free and this process has not handed out before:
+/// the probe listener closes before the node binds, so the OS may offer the
+/// same port twice, and two nodes would then fight over it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..FREE_PORT_ATTEMPTS_MAX {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no fresh port in {FREE_PORT_ATTEMPTS_MAX} attempts")
 }
 
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {

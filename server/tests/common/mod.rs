@@ -109,9 +109,24 @@ pub struct Cluster {
     channels: std::sync::Mutex<BTreeMap<u64, Channel>>,
 }
 
+/// Attempts at finding a port this process has not handed out yet.
+const FREE_PORT_ATTEMPTS_MAX: usize = 100;
+
+/// A port the OS reports free and this test process has not handed out
+/// before: the listener is closed before the node binds it, so the OS may
+/// offer the same port twice (seen in CI: two nodes of one cluster got the
+/// same port, and one failed to start).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..FREE_PORT_ATTEMPTS_MAX {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+        let port = l.local_addr().expect("local addr").port();
+        if HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
+    panic!("no fresh port in {FREE_PORT_ATTEMPTS_MAX} attempts");
 }
 
 impl Cluster {
