@@ -162,7 +162,7 @@ impl Default for PlacementConfig {
             node_down_replace_ms: 10 * 60 * 1000,
             move_target_down_ms: 60_000,
             split_shard_bytes: 1 << 30,
-            // Off until the stale read that t71's ignored test reproduces
+            // Off until the split bug that t71's growth with 3 shards reproduces
             // is fixed (docs/placement.md, "Open bug").
             shards_per_node_min: 0,
         }
