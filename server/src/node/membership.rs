@@ -97,8 +97,12 @@ pub(super) async fn open_group(
     gc: &GroupCommit,
     pool: &Arc<PeerPool>,
     sm: &SmShared,
-    info: ShardInfo,
-) -> Result<(Arc<Shard>, Option<watch::Receiver<Option<ClusterLayout>>>, bool), NodeError> {
+    group: GroupToOpen,
+) -> Result<(Arc<Shard>, Option<watch::Receiver<Option<ClusterLayout>>>, GroupStart), NodeError> {
+    let GroupToOpen {
+        info,
+        bootstrap_members,
+    } = group;
     let SmShared {
         stats: sm_stats,
         hosted,
@@ -126,6 +130,26 @@ pub(super) async fn open_group(
         }
         state.last_log_id.is_none() && vote.is_none()
     };
+    // A data shard of a new cluster starts from a seed at log index 0, not
+    // from an initialized log (see `storage::state_machine::seed`).
+    let seeded = match bootstrap_members {
+        Some(members) if uninitialized && info.id != META_SHARD_ID => {
+            let voters: BTreeSet<u64> = members.keys().copied().collect();
+            assert!(voters.contains(&id), "a bootstrap seed is written only on a replica");
+            let membership = openraft::Membership::new(vec![voters], members);
+            let mut batch = rocksdb::WriteBatch::default();
+            crate::storage::state_machine::seed(db, &mut batch, info.id, membership, &info.ranges, 0);
+            db.write_synced(batch).map_err(|e| NodeError::Raft(e.to_string()))?;
+            tracing::info!(shard = info.id, "seeded a new shard at log index 0");
+            true
+        }
+        _ => false,
+    };
+    let start = match (uninitialized, seeded) {
+        (_, true) => GroupStart::Seeded,
+        (true, false) => GroupStart::Empty,
+        (false, false) => GroupStart::Resumed,
+    };
     let mut sm = ShardStateMachine::open(
         info.id,
         db.clone(),
@@ -135,7 +159,9 @@ pub(super) async fn open_group(
         hosted.clone(),
     )
     .map_err(|e| NodeError::Raft(e.to_string()))?;
-    if sm.is_unsnapshotted_seed().map_err(|e| NodeError::Raft(e.to_string()))? {
+    // A seed never opened before has acknowledged no leader yet.
+    let fresh_seed = sm.is_unsnapshotted_seed().map_err(|e| NodeError::Raft(e.to_string()))?;
+    if fresh_seed {
         // Born from a split with its log "purged" up to index 0: a replica
         // that lacks the state must get a snapshot, so one must exist
         // before this replica can lead.
@@ -165,9 +191,32 @@ pub(super) async fn open_group(
         raft,
         reads,
         lease,
-        votes_withheld_until: cfg.raft.lease().votes_withheld_until(!uninitialized, Instant::now()),
+        votes_withheld_until: cfg
+            .raft
+            .lease()
+            .votes_withheld_until(!uninitialized && !fresh_seed, Instant::now()),
     });
-    Ok((shard, meta, uninitialized))
+    Ok((shard, meta, start))
+}
+
+/// A group for [`open_group`] to open.
+pub(super) struct GroupToOpen {
+    pub info: ShardInfo,
+    /// A new cluster's node only: the shard's voters, to seed a data shard
+    /// that has no state yet.
+    pub bootstrap_members: Option<BTreeMap<u64, BasicNode>>,
+}
+
+/// What [`open_group`] found on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GroupStart {
+    /// Raft history: the group resumes.
+    Resumed,
+    /// Nothing: the metadata group of a new cluster, or a replica that gets
+    /// its state from the leader.
+    Empty,
+    /// A data shard of a new cluster, seeded just now.
+    Seeded,
 }
 
 /// Logs every term or leader this replica of `shard` sees, with its
@@ -369,7 +418,10 @@ impl Node {
                     stats: self.sm_stats.clone(),
                     hosted: self.hosted_ranges.clone(),
                 },
-                info,
+                GroupToOpen {
+                    info,
+                    bootstrap_members: None,
+                },
             )
             .await
             .map_err(|e| ServerError::Internal(format!("opening shard {id}: {e}")))?;

@@ -229,29 +229,56 @@ impl Node {
         let mut meta_layout = None;
         for shard_id in crate::placement::hosted_by(&layout, id) {
             let info = group_info(&layout, shard_id);
-            let (shard, meta, uninitialized) =
-                membership::open_group(id, &cfg, &db, &gc, &pool, &sm_shared, info.clone()).await?;
+            let members: BTreeMap<u64, BasicNode> = info
+                .replicas
+                .iter()
+                .map(|r| (*r, BasicNode::new(layout.nodes.get(r).cloned().unwrap_or_default())))
+                .collect();
+            let bootstrap_members = (mode == StartMode::Bootstrap).then(|| members.clone());
+            let (shard, meta, start) = membership::open_group(
+                id,
+                &cfg,
+                &db,
+                &gc,
+                &pool,
+                &sm_shared,
+                membership::GroupToOpen {
+                    info: info.clone(),
+                    bootstrap_members,
+                },
+            )
+            .await?;
             if meta.is_some() {
                 meta_layout = meta;
             }
-            // Only a bootstrapping node initializes groups: every other
-            // group gets its membership from its leader.
-            if uninitialized && mode == StartMode::Bootstrap {
-                let members: BTreeMap<u64, BasicNode> = info
-                    .replicas
-                    .iter()
-                    .map(|r| (*r, BasicNode::new(layout.nodes.get(r).cloned().unwrap_or_default())))
-                    .collect();
-                // The first replica initializes at once and so becomes the
-                // first leader: leaders start spread round-robin like the
-                // replicas. The others initialize only if that replica has
-                // not reached them in a while (it may be down).
-                let delay_ms = if info.replicas.first() == Some(&id) {
-                    0
-                } else {
-                    INIT_FALLBACK_ELECTIONS * cfg.raft.election_timeout_ms_max
-                };
-                tokio::spawn(initialize_group(shard.raft.clone(), info.id, members, delay_ms));
+            // The first replica starts at once and so becomes the first
+            // leader: leaders start spread round-robin like the replicas.
+            let first = info.replicas.first() == Some(&id);
+            match start {
+                // Only a bootstrapping node initializes the metadata group:
+                // a replica that joins later gets its state from the leader.
+                // The others initialize only if the first replica has not
+                // reached them in a while (it may be down).
+                membership::GroupStart::Empty if mode == StartMode::Bootstrap => {
+                    let delay_ms = if first {
+                        0
+                    } else {
+                        INIT_FALLBACK_ELECTIONS * cfg.raft.election_timeout_ms_max
+                    };
+                    tokio::spawn(initialize_group(shard.raft.clone(), info.id, members, delay_ms));
+                }
+                // Seeded data shards know their voters. The others hold
+                // their own elections back for the same while, so the
+                // first replica normally wins.
+                membership::GroupStart::Seeded if first => {
+                    tokio::spawn(elect_first_leader(shard.raft.clone(), info.id));
+                }
+                membership::GroupStart::Seeded => {
+                    let hold_ms = INIT_FALLBACK_ELECTIONS * cfg.raft.election_timeout_ms_max;
+                    shard.raft.runtime_config().elect(false);
+                    tokio::spawn(hold_elections_until_a_leader(shard.raft.clone(), hold_ms));
+                }
+                _ => {}
             }
             shards.insert(shard_id, shard);
         }
@@ -689,6 +716,24 @@ async fn initialize_group(raft: Raft, shard: u64, members: BTreeMap<u64, BasicNo
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
         Err(e) => tracing::error!(shard, error = %e, "cannot initialize shard group"),
     }
+}
+
+/// Has the first replica of a seeded data shard stand for election at once.
+async fn elect_first_leader(raft: Raft, shard: u64) {
+    if let Err(e) = raft.trigger().elect().await {
+        tracing::error!(shard, error = %e, "cannot start the first election");
+    }
+}
+
+/// Lets a seeded replica that is not its shard's first stand for election
+/// again once it has heard of a leader, or after `hold_ms` (the first
+/// replica may be down).
+async fn hold_elections_until_a_leader(raft: Raft, hold_ms: u64) {
+    let _ = raft
+        .wait(Some(Duration::from_millis(hold_ms)))
+        .metrics(|m| m.current_leader.is_some(), "a leader known")
+        .await;
+    raft.runtime_config().elect(true);
 }
 
 /// Most bytes of pairs in one export chunk.

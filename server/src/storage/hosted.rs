@@ -6,10 +6,13 @@
 //! into a range another local shard owns now. That happens when a replica
 //! of a shard that was split is re-created on a node that still hosts the
 //! split-off half: it installs a snapshot from before the split and replays
-//! the split. Owns only the map; the node keeps it current (before it opens
-//! or deletes groups) and the state machines read it.
+//! the split. It also records which data shards the layout has, so a
+//! replayed split can tell whether its new shard was already placed on
+//! other nodes. Owns only these maps; the node keeps them current (before
+//! it opens or deletes groups) and the state machines read them.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::RwLock;
 
 use crate::ring::ClusterLayout;
@@ -19,6 +22,9 @@ use crate::ring::META_SHARD_ID;
 #[derive(Debug, Default)]
 pub struct HostedRanges {
     by_shard: RwLock<BTreeMap<u64, Vec<TokenRange>>>,
+    /// Every data shard the layout has (a split's new shard enters it when
+    /// the split is recorded done).
+    known: RwLock<BTreeSet<u64>>,
 }
 
 impl HostedRanges {
@@ -30,7 +36,14 @@ impl HostedRanges {
             .filter(|s| s.id != META_SHARD_ID)
             .map(|s| (s.id, s.ranges.clone()))
             .collect();
+        let known: BTreeSet<u64> = layout
+            .shards
+            .keys()
+            .copied()
+            .filter(|id| *id != META_SHARD_ID)
+            .collect();
         *self.by_shard.write().unwrap_or_else(|p| p.into_inner()) = map;
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
     }
 
     /// Records one shard's ranges (tests and tools; the node uses
@@ -40,6 +53,16 @@ impl HostedRanges {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(shard, ranges);
+    }
+
+    /// Records that the layout has `shard` (tests and tools).
+    pub fn set_known(&self, shard: u64) {
+        self.known.write().unwrap_or_else(|p| p.into_inner()).insert(shard);
+    }
+
+    /// Whether the layout has `shard`, hosted here or not.
+    pub fn knows(&self, shard: u64) -> bool {
+        self.known.read().unwrap_or_else(|p| p.into_inner()).contains(&shard) || self.hosts(shard)
     }
 
     /// Whether `shard` is hosted here.

@@ -142,7 +142,10 @@ impl ShardStateMachine {
     ) -> Result<Self, StorageError> {
         assert!(session_ttl_ms > 0);
         let state = read_meta(&db, &keys::tagged(shard, keys::META_APPLIED), "applied state")?.unwrap_or_default();
-        // After a split the replicated ranges differ from the layout's.
+        // A data shard's ranges come from its seed or its last snapshot
+        // (see `seed`). A replica that has neither yet gets a snapshot
+        // before it applies any entry: until then the layout's (current)
+        // ranges are a placeholder, never used to decide an entry.
         let ranges = read_meta(&db, &keys::tagged(shard, keys::META_RANGES), "ranges")?.unwrap_or(ranges);
         let layout = if shard == META_SHARD_ID {
             read_layout(&db)?
@@ -249,7 +252,12 @@ impl ShardStateMachine {
         // history, and the new shard got its data from its own leader. Then
         // its state must not be overwritten with this older one: the right
         // half only leaves this shard's key index.
-        let seed_new = !self.hosted.hosts(new_shard);
+        let hosted_here = self.hosted.hosts(new_shard);
+        // Or the layout already placed the new shard on other nodes (this
+        // replica replays a split it missed): seeding it here would leave
+        // an orphan, so the right half's rows are dropped instead.
+        let placed_elsewhere = !hosted_here && self.hosted.knows(new_shard);
+        let seed_new = !hosted_here && !placed_elsewhere;
         // Key index: the right half's keys move to the new shard.
         let index = self.db.cf(Cf::KeyIndex);
         let upper = keys::shard_prefix(self.shard + 1).to_vec();
@@ -275,6 +283,21 @@ impl ShardStateMachine {
         }
         batch.put_cf(meta, keys::tagged(self.shard, keys::META_RANGES), encode(&left));
         overlay.ranges = Some(left);
+        if placed_elsewhere {
+            // No shard on this node owns these rows any more.
+            let data = self.db.cf(Cf::Data);
+            for r in hosted::subtract(&right, &overlay.foreign) {
+                let (from, to) = keys::data_range(r.start, r.end);
+                batch.delete_range_cf(data, from, to);
+            }
+            tracing::info!(
+                shard = self.shard,
+                new_shard,
+                at,
+                "shard split replayed; the new shard lives on other nodes"
+            );
+            return Ok(RaftResponse::Done);
+        }
         if !seed_new {
             tracing::info!(
                 shard = self.shard,
@@ -300,28 +323,13 @@ impl ShardStateMachine {
             nk.extend_from_slice(&k[prefix.len()..]);
             batch.put_cf(meta, nk, &v);
         }
-        // The new shard starts as if it had installed a snapshot at log id
-        // 0 with this shard's membership: its log is "purged" up to there,
-        // so a replica without this state gets a snapshot, never a log
-        // that lacks the data.
-        let zero = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
-        let state = AppliedState {
-            last_applied: Some(zero),
-            membership: StoredMembership::new(Some(zero), self.state.membership.membership().clone()),
-            clock_ms: self.state.clock_ms,
-        };
-        batch.put_cf(meta, keys::tagged(new_shard, keys::META_APPLIED), encode(&state));
-        batch.put_cf(meta, keys::tagged(new_shard, keys::META_RANGES), encode(&right));
-        let raft_state = self.db.cf(Cf::RaftState);
-        batch.put_cf(
-            raft_state,
-            keys::tagged(new_shard, keys::STATE_PURGED),
-            encode(&Some(zero)),
-        );
-        batch.put_cf(
-            raft_state,
-            keys::tagged(new_shard, keys::STATE_COMMITTED),
-            encode(&Some(zero)),
+        seed(
+            &self.db,
+            batch,
+            new_shard,
+            self.state.membership.membership().clone(),
+            &right,
+            self.state.clock_ms,
         );
         tracing::info!(shard = self.shard, new_shard, at, keys_moved = moved, "shard split");
         Ok(RaftResponse::Done)
@@ -731,6 +739,45 @@ impl ShardStateMachine {
         }
         Ok(())
     }
+}
+
+/// Writes into `batch` the state of a data shard that starts without any
+/// log entry: as if it had installed a snapshot at log id 0 holding
+/// `membership` and `ranges`, with its log purged up to there (plus
+/// whatever data, key index and sessions the caller writes alongside).
+///
+/// Why every data shard starts this way (at bootstrap and at a split): a
+/// replica that lacks this state must get a snapshot from its leader, which
+/// carries the ranges the shard had at the snapshot's index. Replaying the
+/// log from index 0 instead would decide ownership with ranges the replica
+/// cannot know (the layout has only the current ones) and diverge on any
+/// entry from before a later split.
+pub fn seed(
+    db: &Db,
+    batch: &mut rocksdb::WriteBatch,
+    shard: u64,
+    membership: openraft::Membership<crate::raft::types::NodeId, openraft::BasicNode>,
+    ranges: &[TokenRange],
+    clock_ms: u64,
+) {
+    assert_ne!(shard, META_SHARD_ID, "the metadata group replays its log from index 0");
+    assert!(!ranges.is_empty(), "a data shard owns at least one token range");
+    let zero = LogId::new(openraft::CommittedLeaderId::new(0, 0), 0);
+    let state = AppliedState {
+        last_applied: Some(zero),
+        membership: StoredMembership::new(Some(zero), membership),
+        clock_ms,
+    };
+    let meta = db.cf(Cf::Meta);
+    batch.put_cf(meta, keys::tagged(shard, keys::META_APPLIED), encode(&state));
+    batch.put_cf(meta, keys::tagged(shard, keys::META_RANGES), encode(&ranges.to_vec()));
+    let raft_state = db.cf(Cf::RaftState);
+    batch.put_cf(raft_state, keys::tagged(shard, keys::STATE_PURGED), encode(&Some(zero)));
+    batch.put_cf(
+        raft_state,
+        keys::tagged(shard, keys::STATE_COMMITTED),
+        encode(&Some(zero)),
+    );
 }
 
 /// Runs a long synchronous job (checking or installing a snapshot of a
@@ -1263,6 +1310,56 @@ mod tests {
                 .next()
                 .is_none_or(|i| !i.unwrap().0.starts_with(&keys::shard_prefix(9))),
             "no key index entries seeded for shard 9"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replayed_split_whose_new_shard_lives_elsewhere_seeds_nothing() {
+        // Shard 1 is re-created on a node that does not host shard 9, which
+        // the layout already has (placed on other nodes), and replays the
+        // split from a state before it.
+        let at = 1u64 << 63;
+        let mut f = fixture(whole_ring());
+        let hosted = Arc::new(HostedRanges::default());
+        hosted.set_shard(1, whole_ring());
+        hosted.set_known(9);
+        f.sm = open_sm(1, f.db.clone(), whole_ring(), hosted);
+        let names: Vec<String> = (0..64).map(|i| format!("elsewhere-{i}")).collect();
+        let high = names.iter().find(|k| token_of(k.as_bytes()) >= at).unwrap();
+        let low = names.iter().find(|k| token_of(k.as_bytes()) < at).unwrap();
+        // One entry spanning the split point, as a coalesced batch is: it
+        // must apply whole, as it did on the replicas that saw it in time.
+        let batch = Command::BatchPut {
+            pairs: vec![
+                (low.as_bytes().to_vec(), b"l".to_vec()),
+                (high.as_bytes().to_vec(), b"h".to_vec()),
+            ],
+        };
+        let out = f
+            .apply(vec![
+                req(batch, Some((3, 1)), 10),
+                req(Command::Split { at, new_shard: 9 }, None, 11),
+            ])
+            .await;
+        assert!(!matches!(out[0], RaftResponse::Rejected { .. }), "{out:?}");
+        assert_eq!(out[1], RaftResponse::Done);
+        assert_eq!(f.value(low).as_deref(), Some(&b"l"[..]));
+        assert_eq!(f.value(high), None, "no shard here owns the right half any more");
+        for key in [keys::tagged(9, keys::META_APPLIED), keys::tagged(9, keys::META_RANGES)] {
+            assert!(f.db.get(Cf::Meta, &key).unwrap().is_none(), "no orphan seed of shard 9");
+        }
+        assert!(f.db.get(Cf::Meta, &keys::session_key(9, &[3; 16])).unwrap().is_none());
+        assert!(f
+            .db
+            .get(Cf::RaftState, &keys::tagged(9, keys::STATE_PURGED))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            f.sm.ranges(),
+            &[TokenRange {
+                start: 0,
+                end: Some(at)
+            }]
         );
     }
 

@@ -477,7 +477,9 @@ impl Drop for Cluster {
         for id in ids {
             self.kill(id);
         }
-        if std::thread::panicking() && std::env::var_os("RINGKV_TEST_KEEP_DIR").is_some() {
+        let keep = std::env::var("RINGKV_TEST_KEEP_DIR").ok();
+        // `always` keeps passing runs too (to read what a test exercised).
+        if keep.as_deref() == Some("always") || (std::thread::panicking() && keep.is_some()) {
             // Whole logs and data for a post-mortem; the tempdir is not removed.
             let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
             let path = kept.keep();
