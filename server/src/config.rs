@@ -148,8 +148,7 @@ pub struct PlacementConfig {
     pub split_shard_bytes: u64,
     /// While the cluster has fewer data shards than this many per member
     /// node (draining nodes aside), the largest shard is split, so nodes
-    /// that join get shards to lead; while rebalancing is on (0 = never, the
-    /// default for now).
+    /// that join get shards to lead; while rebalancing is on (0 = never).
     pub shards_per_node_min: u32,
 }
 
@@ -162,9 +161,9 @@ impl Default for PlacementConfig {
             node_down_replace_ms: 10 * 60 * 1000,
             move_target_down_ms: 60_000,
             split_shard_bytes: 1 << 30,
-            // Off until the split bug that t71's growth with 3 shards reproduces
-            // is fixed (docs/placement.md, "Open bug").
-            shards_per_node_min: 0,
+            // With the bootstrap default of one shard per node, a node that
+            // joins gets a shard to lead.
+            shards_per_node_min: 1,
         }
     }
 }
