@@ -174,6 +174,7 @@ pub(super) async fn open_group(
             .map_err(|e| NodeError::Raft(format!("shard {}: snapshot of the split-off state: {e}", info.id)))?;
     }
     let meta = (info.id == META_SHARD_ID).then(|| sm.subscribe_layout());
+    let applied_ranges = sm.applied_ranges();
     let lease = Arc::new(Lease::default());
     let net = NetworkFactory {
         shard: info.id,
@@ -191,6 +192,7 @@ pub(super) async fn open_group(
         raft,
         reads,
         lease,
+        applied_ranges,
         votes_withheld_until: cfg
             .raft
             .lease()

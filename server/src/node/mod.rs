@@ -43,6 +43,7 @@ use crate::storage::group_commit::GroupCommit;
 use crate::storage::group_commit::WriteOp;
 use crate::storage::hosted::HostedRanges;
 use crate::storage::keys;
+use crate::storage::state_machine::AppliedRanges;
 use crate::storage::state_machine::SmStats;
 use crate::storage::Cf;
 use crate::storage::Db;
@@ -88,6 +89,8 @@ pub struct Shard {
     pub reads: Arc<ReadIndex>,
     /// Acknowledgements behind lease reads (`raft::lease`).
     pub lease: Arc<Lease>,
+    /// The token ranges the replica owns as of its last applied entry.
+    pub applied_ranges: AppliedRanges,
     /// Until when the replica declines vote requests: it had a vote or log
     /// entries when this process opened it, so it may have acknowledged a
     /// leader just before and must not vote until that leader's lease is
@@ -622,8 +625,22 @@ impl Node {
     }
 
     /// Reads a key from the local replica that passed a read barrier.
+    ///
+    /// The shard must own the key in its applied state: after the read
+    /// barrier its applied index covers every split committed before the
+    /// read, and the row of a key it split off is the new shard's (whose
+    /// local replica may lag). A node whose layout has not caught up with
+    /// the split answers WRONG_SHARD, and the client retries.
     pub fn read_local(&self, replica: &ReadReplica, key: &[u8]) -> Result<Option<Vec<u8>>, ServerError> {
-        let dk = keys::data_key(crate::ring::token_of(key), key);
+        let token = crate::ring::token_of(key);
+        let shard = &replica.shard;
+        if shard.id != META_SHARD_ID && !shard.applied_ranges.contains(token) {
+            return Err(ServerError::WrongShard {
+                shard_id: shard.id,
+                epoch: self.epoch(),
+            });
+        }
+        let dk = keys::data_key(token, key);
         self.read_replica(replica, || Ok(self.db.get(Cf::Data, &dk)?))
     }
 

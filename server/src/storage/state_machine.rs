@@ -114,6 +114,8 @@ pub struct ShardStateMachine {
     shard: u64,
     db: Arc<Db>,
     ranges: Vec<TokenRange>,
+    /// `ranges`, as of the last applied entry, for the node's reads.
+    applied_ranges: AppliedRanges,
     session_ttl_ms: u64,
     state: AppliedState,
     stats: Arc<SmStats>,
@@ -158,6 +160,7 @@ impl ShardStateMachine {
         let mut sm = Self {
             shard,
             db,
+            applied_ranges: AppliedRanges::new(ranges.clone()),
             ranges,
             session_ttl_ms,
             state,
@@ -211,6 +214,16 @@ impl ShardStateMachine {
     /// The token ranges this shard owns now.
     pub fn ranges(&self) -> &[TokenRange] {
         &self.ranges
+    }
+
+    /// A view of the ranges that follows every applied entry.
+    pub fn applied_ranges(&self) -> AppliedRanges {
+        self.applied_ranges.clone()
+    }
+
+    fn set_ranges(&mut self, ranges: Vec<TokenRange>) {
+        self.applied_ranges.set(ranges.clone());
+        self.ranges = ranges;
     }
 
     /// Splits the tokens `>= at` off into `new_shard` (see `Command::Split`).
@@ -625,7 +638,7 @@ impl ShardStateMachine {
         let mut first = reader.next_record().map_err(|e| rd(e.to_string()))?;
         if let Some((RecordTag::Ranges, _, v)) = &first {
             let r: Vec<TokenRange> = decode(v).map_err(|e| rd(format!("snapshot ranges record: {e}")))?;
-            self.ranges = r;
+            self.set_ranges(r);
             first = None;
         }
         let first = first.map(Ok);
@@ -791,6 +804,32 @@ fn off_the_runtime<R>(job: impl FnOnce() -> R) -> R {
     }
 }
 
+/// The token ranges a shard's state machine owns as of its last applied
+/// entry, shared with the node: a read that passed the shard's read barrier
+/// checks its key here, so a stale layout never makes a shard answer for a
+/// key it gave away in a split. Ranges only shrink while a replica runs.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedRanges(Arc<std::sync::RwLock<Vec<TokenRange>>>);
+
+impl AppliedRanges {
+    fn new(ranges: Vec<TokenRange>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(ranges)))
+    }
+
+    fn set(&self, ranges: Vec<TokenRange>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+    }
+
+    /// Whether `token` is in the ranges.
+    pub fn contains(&self, token: u64) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|r| r.contains(token))
+    }
+}
+
 /// Values written earlier in the same apply batch (a `WriteBatch` cannot be
 /// read back).
 #[derive(Default)]
@@ -916,7 +955,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     .write_unsynced(std::mem::take(&mut batch))
                     .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
                 if let Some(r) = overlay.ranges.take() {
-                    self.ranges = r;
+                    self.set_ranges(r);
                 }
                 overlay = Overlay::for_shard(&self.hosted, self.shard);
             }
@@ -945,7 +984,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             .write_unsynced(batch)
             .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         if let Some(r) = overlay.ranges {
-            self.ranges = r;
+            self.set_ranges(r);
         }
         if let Some(l) = overlay.layout {
             self.layout_tx.send_replace(Some(l));
@@ -1201,6 +1240,8 @@ mod tests {
     async fn a_split_hands_the_upper_half_to_the_new_shard_at_one_index() {
         let mut f = fixture(whole_ring());
         let at = 1u64 << 63;
+        let applied_ranges = f.sm.applied_ranges();
+        assert!(applied_ranges.contains(at));
         let keys: Vec<String> = (0..64).map(|i| format!("split-{i}")).collect();
         let high: Vec<&String> = keys.iter().filter(|k| token_of(k.as_bytes()) >= at).collect();
         assert!(!high.is_empty() && high.len() < keys.len());
@@ -1212,6 +1253,8 @@ mod tests {
         reqs.push(req(put(high[0], "late"), None, 12));
         let out = f.apply(reqs).await;
         assert_eq!(out[keys.len()], RaftResponse::Done);
+        assert!(!applied_ranges.contains(at), "reads see the split once it applied");
+        assert!(applied_ranges.contains(at - 1));
         assert!(
             matches!(out[keys.len() + 1], RaftResponse::Rejected { .. }),
             "the old shard must refuse keys it gave away, also later in the same batch"
