@@ -1214,6 +1214,21 @@ mod tests {
         }
     }
 
+    /// A key below `at`, one at or above it, and a `BatchPut` of both
+    /// (values "l" and "h").
+    fn batch_across(prefix: &str, at: u64) -> (String, String, Command) {
+        let names: Vec<String> = (0..64).map(|i| format!("{prefix}-{i}")).collect();
+        let high = names.iter().find(|k| token_of(k.as_bytes()) >= at).unwrap().clone();
+        let low = names.iter().find(|k| token_of(k.as_bytes()) < at).unwrap().clone();
+        let batch = Command::BatchPut {
+            pairs: vec![
+                (low.as_bytes().to_vec(), b"l".to_vec()),
+                (high.as_bytes().to_vec(), b"h".to_vec()),
+            ],
+        };
+        (low, high, batch)
+    }
+
     fn cas(k: &str, expected: Option<&str>, new: Option<&str>) -> Command {
         Command::CompareAndSwap {
             key: k.into(),
@@ -1375,17 +1390,10 @@ mod tests {
         hosted.set_shard(1, whole_ring());
         hosted.set_known(9);
         f.sm = open_sm(1, f.db.clone(), whole_ring(), hosted);
-        let names: Vec<String> = (0..64).map(|i| format!("elsewhere-{i}")).collect();
-        let high = names.iter().find(|k| token_of(k.as_bytes()) >= at).unwrap();
-        let low = names.iter().find(|k| token_of(k.as_bytes()) < at).unwrap();
         // One entry spanning the split point, as a coalesced batch is: it
         // must apply whole, as it did on the replicas that saw it in time.
-        let batch = Command::BatchPut {
-            pairs: vec![
-                (low.as_bytes().to_vec(), b"l".to_vec()),
-                (high.as_bytes().to_vec(), b"h".to_vec()),
-            ],
-        };
+        let (low, high, batch) = batch_across("elsewhere", at);
+        let (low, high) = (low.as_str(), high.as_str());
         let out = f
             .apply(vec![
                 req(batch, Some((3, 1)), 10),
@@ -1421,15 +1429,8 @@ mod tests {
             start: 0,
             end: Some(at),
         }]);
-        let names: Vec<String> = (0..64).map(|i| format!("rejected-{i}")).collect();
-        let high = names.iter().find(|k| token_of(k.as_bytes()) >= at).unwrap();
-        let low = names.iter().find(|k| token_of(k.as_bytes()) < at).unwrap();
-        let both = Command::BatchPut {
-            pairs: vec![
-                (low.as_bytes().to_vec(), b"l".to_vec()),
-                (high.as_bytes().to_vec(), b"h".to_vec()),
-            ],
-        };
+        let (low, _, both) = batch_across("rejected", at);
+        let low = low.as_str();
         let out = f.apply(vec![req(both, Some((5, 1)), 10)]).await;
         assert!(matches!(out[0], RaftResponse::Rejected { .. }), "{out:?}");
         assert_eq!(f.value(low), None);
