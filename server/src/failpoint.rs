@@ -34,6 +34,12 @@ pub const SNAPSHOT_SLOW_RECEIVE_MS: u64 = 300;
 pub const KV_READ_WAITS_FOR_REMOVAL: &str = "kv.read_waits_for_removal";
 pub const KV_READ_WAITS_FOR_REMOVAL_MS_MAX: u64 = 120_000;
 
+/// Holds the metadata leader for [`PLACEMENT_SPLIT_DONE_LATE_MS`] between
+/// a shard's applying a split and the layout's showing the new shard, so
+/// tests can act while every node's layout lags the split.
+pub const PLACEMENT_SPLIT_DONE_LATE: &str = "placement.split_done_late";
+pub const PLACEMENT_SPLIT_DONE_LATE_MS: u64 = 3_000;
+
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
     TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))

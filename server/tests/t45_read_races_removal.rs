@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::Read;
-use std::io::Write;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -25,18 +23,6 @@ use ringkv_proto::v1::SetRebalanceRequest;
 const SHARDS: u32 = 4;
 const SHARD: u64 = 1;
 const MOVE_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn metric(addr: &str, name: &str) -> Option<f64> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_racing_its_replicas_removal_is_answered_elsewhere() {
@@ -121,7 +107,7 @@ async fn a_read_racing_its_replicas_removal_is_answered_elsewhere() {
     );
     let status = c.nodes[&from].status_addr.clone().expect("status port");
     assert_eq!(
-        metric(&status, "ringkv_reads_raced_removal_total"),
+        common::metric(&status, "ringkv_reads_raced_removal_total"),
         Some(1.0),
         "node {from} did not count the discarded read"
     );

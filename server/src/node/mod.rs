@@ -38,6 +38,7 @@ use crate::raft::types::RaftResponse;
 use crate::raft::types::SessionId;
 use crate::ring::ClusterLayout;
 use crate::ring::ShardInfo;
+use crate::ring::TokenRange;
 use crate::ring::META_SHARD_ID;
 use crate::storage::group_commit::GroupCommit;
 use crate::storage::group_commit::WriteOp;
@@ -645,15 +646,25 @@ impl Node {
     }
 
     /// Up to `limit` pairs of the replica's shard with `start <= key < end`
-    /// (`end` empty = unbounded), in key order, from the local replica.
+    /// (`end` empty = unbounded), in key order, from the local replica, and
+    /// the token ranges the shard owned in the state they were read from.
+    ///
+    /// The ranges are read after the scan's RocksDB snapshot; a split
+    /// publishes its smaller ranges before writing (`AppliedRanges`), so
+    /// the snapshot holds every key of the ranges returned. The caller
+    /// checks them against the ranges its layout gives the shard: a layout
+    /// that lags a split would otherwise miss the split-off keys.
     pub fn scan_local(
         &self,
         replica: &ReadReplica,
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<KvPairs, ServerError> {
-        self.read_replica(replica, || self.scan_unchecked(replica.shard.id, start, end, limit))
+    ) -> Result<(KvPairs, Vec<TokenRange>), ServerError> {
+        self.read_replica(replica, || {
+            let pairs = self.scan_unchecked(replica.shard.id, start, end, limit)?;
+            Ok((pairs, replica.shard.applied_ranges.get()))
+        })
     }
 
     fn scan_unchecked(&self, shard_id: u64, start: &[u8], end: &[u8], limit: usize) -> Result<KvPairs, ServerError> {

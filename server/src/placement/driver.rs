@@ -359,6 +359,9 @@ async fn drive_split(node: &Arc<Node>, layout: &ClusterLayout, sp: &SplitOp) -> 
         split_token: sp.at,
     };
     call_leader(node, layout, req).await?;
+    if crate::failpoint::fire(crate::failpoint::PLACEMENT_SPLIT_DONE_LATE) {
+        tokio::time::sleep(Duration::from_millis(crate::failpoint::PLACEMENT_SPLIT_DONE_LATE_MS)).await;
+    }
     let shard = sp.shard;
     node.change_layout(|l| {
         if l.splits.contains_key(&shard) {

@@ -37,6 +37,27 @@ impl TokenRange {
     }
 }
 
+/// Whether the union of `ranges` contains every token of `wanted`.
+pub fn covers(ranges: &[TokenRange], wanted: &TokenRange) -> bool {
+    if wanted.end.is_some_and(|e| e <= wanted.start) {
+        return true;
+    }
+    let mut from = wanted.start;
+    // Every step moves `from` past the end of one range, so at most
+    // `ranges.len()` steps.
+    for _ in 0..=ranges.len() {
+        let Some(r) = ranges.iter().find(|r| r.contains(from)) else {
+            return false;
+        };
+        match (r.end, wanted.end) {
+            (None, _) => return true,
+            (Some(e), Some(w)) if e >= w => return true,
+            (Some(e), _) => from = e,
+        }
+    }
+    false
+}
+
 /// One data shard's placement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
@@ -299,6 +320,25 @@ impl ClusterLayout {
 
 #[cfg(test)]
 mod tests {
+    fn r(start: u64, end: Option<u64>) -> TokenRange {
+        TokenRange { start, end }
+    }
+
+    #[test]
+    fn covers_needs_every_token_of_the_wanted_range() {
+        let halves = [r(100, None), r(0, Some(100))];
+        assert!(covers(&halves, &r(0, None)));
+        assert!(covers(&halves, &r(50, Some(150))));
+        assert!(covers(&[r(0, Some(100))], &r(10, Some(100))));
+        assert!(!covers(&[r(0, Some(100))], &r(10, Some(101))));
+        assert!(!covers(&[r(0, Some(100))], &r(0, None)));
+        // A gap in the middle.
+        assert!(!covers(&[r(0, Some(10)), r(11, None)], &r(0, None)));
+        assert!(!covers(&[], &r(5, Some(6))));
+        // An empty wanted range needs nothing.
+        assert!(covers(&[], &r(5, Some(5))));
+    }
+
     use super::*;
 
     fn nodes(n: u64) -> BTreeMap<u64, String> {

@@ -63,22 +63,12 @@ pub struct AdminService {
     pub node: Arc<Node>,
 }
 
-fn ranges(rs: &[RingRange]) -> Vec<TokenRange> {
-    rs.iter()
-        .map(|r| TokenRange {
-            start: r.start,
-            end: r.end.unwrap_or(0),
-            end_is_max: r.end.is_none(),
-        })
-        .collect()
-}
-
 impl AdminService {
     fn shard_status(&self, id: u64, replicas: &[u64], rs: &[RingRange]) -> ShardStatus {
         let mut st = ShardStatus {
             id,
             replicas: replicas.to_vec(),
-            ranges: ranges(rs),
+            ranges: super::proto_ranges(rs),
             ..ShardStatus::default()
         };
         if let Some(s) = self.node.shard(id) {
@@ -422,7 +412,7 @@ impl Admin for AdminService {
                         id: s.id,
                         replicas: s.replicas.clone(),
                         learners: s.learners.clone(),
-                        ranges: ranges(&s.ranges),
+                        ranges: super::proto_ranges(&s.ranges),
                         leader_id: node.placement.leader_of(s.id).unwrap_or(0),
                         approximate_bytes: if node.hosts(s.id) {
                             node.approximate_bytes(&s.ranges)

@@ -33,6 +33,7 @@ use crate::node::ReadConsistency;
 use crate::raft::types::Command;
 use crate::raft::types::RaftResponse;
 use crate::raft::types::SessionId;
+use crate::ring::TokenRange as RingRange;
 use crate::service::rate_limit::ClientKey;
 use crate::service::rate_limit::RateLimiter;
 use crate::service::rate_limit::CLIENTS_TRACKED_MAX;
@@ -490,13 +491,16 @@ impl KvService {
         start: &[u8],
         end: &[u8],
         limit: u32,
-    ) -> Result<Vec<KeyValue>, Status> {
+    ) -> Result<(Vec<KeyValue>, Vec<RingRange>), Status> {
         let local = async {
             let replica = self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
             self.node.scan_local(&replica, start, end, limit as usize)
         };
         match local.await {
-            Ok(pairs) => Ok(pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect()),
+            Ok((pairs, owned)) => Ok((
+                pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
+                owned,
+            )),
             Err(e) => {
                 let req = ScanRequest {
                     header: with_shard(h, shard),
@@ -508,7 +512,7 @@ impl KvService {
                 let resp = self
                     .forward(ctx, e, req, |mut c, r| async move { c.scan(r).await })
                     .await?;
-                Ok(resp.pairs)
+                Ok((resp.pairs, super::ring_ranges(&resp.shard_ranges)))
             }
         }
     }
@@ -806,11 +810,15 @@ impl KvService {
                 header: self.response_header(0),
                 pairs: vec![],
                 continuation: vec![],
+                shard_ranges: vec![],
             }));
         }
         let asked = r.header.as_ref().map_or(0, |h| h.shard_id);
+        // One view of the layout: its shards' ranges partition the ring, so
+        // the scan is complete when each shard answers for all of its ranges.
+        let layout = self.node.layout();
         let shards: Vec<u64> = if asked != 0 {
-            if !self.node.layout().shards.contains_key(&asked) {
+            if !layout.shards.contains_key(&asked) {
                 return Err(self.status(ServerError::WrongShard {
                     shard_id: asked,
                     epoch: self.node.epoch(),
@@ -818,7 +826,7 @@ impl KvService {
             }
             vec![asked]
         } else {
-            self.node.layout().shards.keys().copied().collect()
+            layout.shards.keys().copied().collect()
         };
         let parts = futures::future::join_all(
             shards
@@ -828,10 +836,30 @@ impl KvService {
         .await;
         let mut merged: Vec<KeyValue> = Vec::new();
         let mut more = false;
-        for part in parts {
-            let pairs = part?;
+        let mut shard_ranges = Vec::new();
+        for (shard, part) in shards.iter().zip(parts) {
+            let (pairs, owned) = part?;
+            let expected = layout.shards.get(shard).map_or(&[][..], |i| i.ranges.as_slice());
+            if !expected.iter().all(|r| crate::ring::covers(&owned, r)) {
+                // The shard split (or this node's layout is ahead of the
+                // replica that answered): part of what the layout gives it
+                // is another shard's now. The client refreshes and retries.
+                return Err(self.status(ServerError::WrongShard {
+                    shard_id: *shard,
+                    epoch: self.node.epoch(),
+                }));
+            }
             more |= pairs.len() >= limit as usize;
-            merged.extend(pairs);
+            // A replica that has not applied a split yet still holds the
+            // split-off keys, which the new shard returns too.
+            merged.extend(
+                pairs
+                    .into_iter()
+                    .filter(|p| expected.iter().any(|r| r.contains(crate::ring::token_of(&p.key)))),
+            );
+            if asked != 0 {
+                shard_ranges = super::proto_ranges(&owned);
+            }
         }
         merged.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         more |= merged.len() > limit as usize;
@@ -850,6 +878,7 @@ impl KvService {
             header: self.response_header(if asked != 0 { asked } else { 0 }),
             pairs: merged,
             continuation,
+            shard_ranges,
         }))
     }
 }

@@ -27,6 +27,27 @@ use crate::raft::network::TRANSPORT_GRPC_BYTES_MAX;
 /// How often the health status is recomputed.
 const HEALTH_REFRESH_MS: u64 = 500;
 
+/// Token ranges as the API spells them.
+pub(crate) fn proto_ranges(rs: &[crate::ring::TokenRange]) -> Vec<ringkv_proto::v1::TokenRange> {
+    rs.iter()
+        .map(|r| ringkv_proto::v1::TokenRange {
+            start: r.start,
+            end: r.end.unwrap_or(0),
+            end_is_max: r.end.is_none(),
+        })
+        .collect()
+}
+
+/// Token ranges from the API (the inverse of [`proto_ranges`]).
+pub(crate) fn ring_ranges(rs: &[ringkv_proto::v1::TokenRange]) -> Vec<crate::ring::TokenRange> {
+    rs.iter()
+        .map(|r| crate::ring::TokenRange {
+            start: r.start,
+            end: (!r.end_is_max).then_some(r.end),
+        })
+        .collect()
+}
+
 /// gRPC service name reported by the health service for the Kv API.
 pub const KV_SERVICE_NAME: &str = "ringkv.v1.Kv";
 

@@ -815,7 +815,10 @@ fn off_the_runtime<R>(job: impl FnOnce() -> R) -> R {
 /// The token ranges a shard's state machine owns as of its last applied
 /// entry, shared with the node: a read that passed the shard's read barrier
 /// checks its key here, so a stale layout never makes a shard answer for a
-/// key it gave away in a split. Ranges only shrink while a replica runs.
+/// key it gave away in a split. Ranges only shrink while a replica runs,
+/// and a split publishes its smaller ranges before it writes the moved key
+/// index: a reader that takes a RocksDB snapshot and then finds the old
+/// ranges here knows its snapshot predates the split.
 #[derive(Debug, Clone, Default)]
 pub struct AppliedRanges(Arc<std::sync::RwLock<Vec<TokenRange>>>);
 
@@ -835,6 +838,11 @@ impl AppliedRanges {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .any(|r| r.contains(token))
+    }
+
+    /// The ranges now.
+    pub fn get(&self) -> Vec<TokenRange> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -959,6 +967,9 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 // database: write everything applied before it first.
                 self.write_sessions(&mut batch, &overlay);
                 self.save_applied(&mut batch);
+                if let Some(r) = &overlay.ranges {
+                    self.applied_ranges.set(r.clone());
+                }
                 self.db
                     .write_unsynced(std::mem::take(&mut batch))
                     .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
@@ -988,6 +999,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         }
         self.write_sessions(&mut batch, &overlay);
         self.save_applied(&mut batch);
+        if let Some(r) = &overlay.ranges {
+            // Before the write: see `AppliedRanges`.
+            self.applied_ranges.set(r.clone());
+        }
         self.db
             .write_unsynced(batch)
             .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;

@@ -507,6 +507,23 @@ pub fn now_unix_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The value of the first sample in `GET /metrics` of the status port
+/// `addr` whose line starts with `series` (a metric name, or a name and
+/// its labels); `None` if unreachable or absent.
+pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    use std::io::Read;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(series) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A key that the cluster's ring places in `shard` (of `shards` equal
 /// ranges), found by probing `prefix-N` names.
 pub fn key_in_shard(prefix: &str, shard: u64, shards: u32) -> Vec<u8> {
