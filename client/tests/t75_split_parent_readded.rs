@@ -25,7 +25,6 @@ use ringkv_proto::v1::ListOperationsRequest;
 use ringkv_proto::v1::ListShardsRequest;
 use ringkv_proto::v1::MoveReplicaRequest;
 use ringkv_proto::v1::PutRequest;
-use ringkv_proto::v1::SetRebalanceRequest;
 use ringkv_proto::v1::SplitShardRequest;
 use ringkv_proto::v1::TransferLeaderRequest;
 use ringkv_proto::v1::TriggerSnapshotRequest;
@@ -100,10 +99,7 @@ async fn moving_the_parent_back_after_a_split_keeps_the_childs_writes() {
         ..Opts::default()
     };
     let c = Cluster::start(opts).await;
-    let mut a = c.admin(4).await.expect("admin");
-    a.set_rebalance(c.admin_request(SetRebalanceRequest { enabled: false }))
-        .await
-        .expect("rebalance off");
+    let mut a = c.rebalance_off(4).await;
     // A key in the upper half of shard 1 (the half the split hands to N).
     let key = common::key_in_shard("t75", 2, 4);
     put(&c, &key, "before-split").await;

@@ -22,7 +22,6 @@ use common::Cluster;
 use common::Opts;
 use futures::TryStreamExt;
 use ringkv_proto::v1::ListShardsRequest;
-use ringkv_proto::v1::SetRebalanceRequest;
 use ringkv_proto::v1::SplitShardRequest;
 
 const SHARDS: u32 = 2;
@@ -56,11 +55,7 @@ async fn scans_while_the_layout_lags_a_split_return_every_key() {
         );
     }
     let c = Cluster::start(opts).await;
-    let mut admin = c.admin(1).await.expect("admin 1");
-    admin
-        .set_rebalance(c.admin_request(SetRebalanceRequest { enabled: false }))
-        .await
-        .expect("rebalance off");
+    let mut admin = c.rebalance_off(1).await;
     let client = load::patient_client(&c).await;
     let mut want = BTreeMap::new();
     for i in 0..KEYS {

@@ -18,7 +18,6 @@ use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::ListOperationsRequest;
 use ringkv_proto::v1::MoveReplicaRequest;
 use ringkv_proto::v1::RequestHeader;
-use ringkv_proto::v1::SetRebalanceRequest;
 
 const SHARDS: u32 = 4;
 const SHARD: u64 = 1;
@@ -41,11 +40,7 @@ async fn a_read_racing_its_replicas_removal_is_answered_elsewhere() {
         vec![("RINGKV_FAILPOINTS".into(), "kv.read_waits_for_removal=1".into())],
     );
     let c = Cluster::start(opts).await;
-    let mut admin = c.admin(1).await.expect("admin 1");
-    admin
-        .set_rebalance(c.admin_request(SetRebalanceRequest { enabled: false }))
-        .await
-        .expect("rebalance off");
+    let mut admin = c.rebalance_off(1).await;
 
     let key = common::key_in_shard("t45", SHARD, SHARDS);
     let deadline = Instant::now() + MOVE_TIMEOUT;

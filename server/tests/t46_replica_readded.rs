@@ -13,7 +13,6 @@ use common::Opts;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::ListOperationsRequest;
 use ringkv_proto::v1::MoveReplicaRequest;
-use ringkv_proto::v1::SetRebalanceRequest;
 use ringkv_proto::v1::TransferLeaderRequest;
 
 const SHARDS: u32 = 4;
@@ -58,11 +57,7 @@ async fn a_readded_replica_starts_from_its_old_vote_and_can_lead() {
         ..Opts::default()
     })
     .await;
-    let mut admin = c.admin(1).await.expect("admin 1");
-    admin
-        .set_rebalance(c.admin_request(SetRebalanceRequest { enabled: false }))
-        .await
-        .expect("rebalance off");
+    let mut admin = c.rebalance_off(1).await;
     let deadline = Instant::now() + TIMEOUT;
     let key = common::key_in_shard("t46", SHARD, SHARDS);
     c.put_retry(&key, b"one", deadline).await.expect("put");

@@ -335,6 +335,17 @@ impl Cluster {
     }
 
     /// An Admin request carrying the admin token, when there is one.
+    /// Turns automatic rebalancing off through node `via`, whose Admin
+    /// client it returns: for tests that place replicas themselves.
+    pub async fn rebalance_off(&self, via: u64) -> AdminClient<Channel> {
+        let mut admin = self.admin(via).await.expect("admin client");
+        admin
+            .set_rebalance(self.admin_request(ringkv_proto::v1::SetRebalanceRequest { enabled: false }))
+            .await
+            .expect("rebalance off");
+        admin
+    }
+
     pub fn admin_request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Some(token) = self.opts.tls.as_ref().and_then(|t| t.admin_token.as_ref()) {
