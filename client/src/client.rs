@@ -1085,6 +1085,30 @@ impl Client {
     }
 }
 
+/// Most times a finished batch yields to the callers it answered before the
+/// next batch of its queue leaves.
+const REQUEUE_YIELDS_MAX: usize = 8;
+
+/// Lets the callers a batch just answered run before the next batch of the
+/// queue leaves: a caller that sends its next request at once (every
+/// closed-loop worker) then joins that batch instead of waiting for the one
+/// after it. Without this the callers of one shard split into two cohorts
+/// that alternate, each batch holding about half of them, and the cluster
+/// commits more Raft entries for the same writes. Yields while the queues
+/// (`queued`) keep growing, at most [`REQUEUE_YIELDS_MAX`] times; a caller
+/// that does not come back costs one yield.
+async fn let_answered_callers_queue(queued: impl Fn() -> usize) {
+    let mut before = queued();
+    for _ in 0..REQUEUE_YIELDS_MAX {
+        tokio::task::yield_now().await;
+        let now = queued();
+        if now == before {
+            return;
+        }
+        before = now;
+    }
+}
+
 fn proto_consistency(c: Consistency) -> ringkv_proto::v1::Consistency {
     match c {
         Consistency::Linearizable => ringkv_proto::v1::Consistency::Linearizable,
@@ -1231,6 +1255,8 @@ impl Inner {
             let me = self.clone();
             self.hold_slot(Box::pin(async move { me.send_get_batch(queue.1, batch).await }))
                 .await;
+            let gets = &self.gets;
+            let_answered_callers_queue(|| gets.lock().unwrap_or_else(|p| p.into_inner()).queued()).await;
             let next = self.gets.lock().unwrap_or_else(|p| p.into_inner()).finish(queue);
             match next {
                 Some(b) => batch = b,
@@ -1302,6 +1328,8 @@ impl Inner {
             let me = self.clone();
             self.hold_slot(Box::pin(async move { me.send_put_batch(batch).await }))
                 .await;
+            let puts = &self.puts;
+            let_answered_callers_queue(|| puts.lock().unwrap_or_else(|p| p.into_inner()).queued()).await;
             let next = self.puts.lock().unwrap_or_else(|p| p.into_inner()).finish(shard);
             match next {
                 Some(b) => batch = b,
@@ -1717,6 +1745,44 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn answered_callers_queue_before_the_next_batch_leaves() {
+        // Callers woken by a batch's answers queue their next request.
+        let queued = Arc::new(AtomicU64::new(0));
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let q = queued.clone();
+            tokio::spawn(async move {
+                if rx.await.is_ok() {
+                    q.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            answers.push(tx);
+        }
+        tokio::task::yield_now().await;
+        for tx in answers {
+            let _ = tx.send(());
+        }
+        let_answered_callers_queue(|| queued.load(Ordering::SeqCst) as usize).await;
+        assert_eq!(queued.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_queue_that_keeps_growing_does_not_hold_the_batch() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let_answered_callers_queue(|| calls.fetch_add(1, Ordering::SeqCst)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), REQUEUE_YIELDS_MAX + 1);
+        // Nobody comes back: one yield.
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let_answered_callers_queue(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            7
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 
     fn failed_key(code: ErrorCode) -> KeyResult {
         KeyResult {

@@ -93,7 +93,6 @@ impl<K: Hash + Eq + Copy + std::fmt::Debug, T> Queues<K, T> {
     }
 
     /// Requests waiting in every queue.
-    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queued
     }
