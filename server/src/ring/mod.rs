@@ -320,6 +320,8 @@ impl ClusterLayout {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     fn r(start: u64, end: Option<u64>) -> TokenRange {
         TokenRange { start, end }
     }
@@ -338,8 +340,6 @@ mod tests {
         // An empty wanted range needs nothing.
         assert!(covers(&[], &r(5, Some(5))));
     }
-
-    use super::*;
 
     fn nodes(n: u64) -> BTreeMap<u64, String> {
         (1..=n).map(|i| (i, format!("127.0.0.1:{}", 50050 + i))).collect()

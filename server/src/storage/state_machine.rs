@@ -602,6 +602,25 @@ impl ShardStateMachine {
         Ok(())
     }
 
+    /// Writes `batch` with the sessions the overlay changed and the applied
+    /// state, and takes the overlay's new ranges (after a split), which
+    /// readers see before the write (see [`AppliedRanges`]).
+    fn write_applied(&mut self, mut batch: rocksdb::WriteBatch, overlay: &mut Overlay) -> Result<(), StorageError> {
+        self.write_sessions(&mut batch, overlay);
+        self.save_applied(&mut batch);
+        let ranges = overlay.ranges.take();
+        if let Some(r) = &ranges {
+            self.applied_ranges.set(r.clone());
+        }
+        self.db
+            .write_unsynced(batch)
+            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        if let Some(r) = ranges {
+            self.ranges = r;
+        }
+        Ok(())
+    }
+
     fn save_applied(&self, batch: &mut rocksdb::WriteBatch) {
         batch.put_cf(
             self.db.cf(Cf::Meta),
@@ -965,17 +984,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
             if splits && self.shard != META_SHARD_ID {
                 // A split reads the key index and sessions from the
                 // database: write everything applied before it first.
-                self.write_sessions(&mut batch, &overlay);
-                self.save_applied(&mut batch);
-                if let Some(r) = &overlay.ranges {
-                    self.applied_ranges.set(r.clone());
-                }
-                self.db
-                    .write_unsynced(std::mem::take(&mut batch))
-                    .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-                if let Some(r) = overlay.ranges.take() {
-                    self.set_ranges(r);
-                }
+                self.write_applied(std::mem::take(&mut batch), &mut overlay)?;
                 overlay = Overlay::for_shard(&self.hosted, self.shard);
             }
             let before = self.state.last_applied.map_or(0, |l| l.index);
@@ -997,18 +1006,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
         if gc_due {
             self.gc_sessions(&mut batch, &overlay, self.state.clock_ms)?;
         }
-        self.write_sessions(&mut batch, &overlay);
-        self.save_applied(&mut batch);
-        if let Some(r) = &overlay.ranges {
-            // Before the write: see `AppliedRanges`.
-            self.applied_ranges.set(r.clone());
-        }
-        self.db
-            .write_unsynced(batch)
-            .map_err(|e| to_raft_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-        if let Some(r) = overlay.ranges {
-            self.set_ranges(r);
-        }
+        self.write_applied(batch, &mut overlay)?;
         if let Some(l) = overlay.layout {
             self.layout_tx.send_replace(Some(l));
         }

@@ -334,7 +334,6 @@ impl Cluster {
         self.channel(id).await.map(AdminClient::new)
     }
 
-    /// An Admin request carrying the admin token, when there is one.
     /// Turns automatic rebalancing off through node `via`, whose Admin
     /// client it returns: for tests that place replicas themselves.
     pub async fn rebalance_off(&self, via: u64) -> AdminClient<Channel> {
@@ -346,6 +345,7 @@ impl Cluster {
         admin
     }
 
+    /// An Admin request carrying the admin token, when there is one.
     pub fn admin_request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Some(token) = self.opts.tls.as_ref().and_then(|t| t.admin_token.as_ref()) {
