@@ -104,6 +104,20 @@ async fn metrics_parse_and_follow_traffic() {
         other => panic!("latency is not a histogram: {other:?}"),
     }
     assert!(counter(&after, "ringkv_wal_syncs_total", &[]) > 0.0);
+    // The leaders (wherever they are) replicated the puts, and sent
+    // heartbeats and commit notices (appends without entries) besides.
+    let scrapes: Vec<_> = c
+        .nodes
+        .values()
+        .map(|n| scrape(n.status_addr.as_deref().expect("status port")))
+        .collect();
+    let total = |name| scrapes.iter().map(|s| counter(s, name, &[])).sum::<f64>();
+    let (sent, empty) = (
+        total("ringkv_raft_messages_sent_total"),
+        total("ringkv_raft_empty_appends_sent_total"),
+    );
+    assert!(empty > 0.0 && empty < sent, "sent {sent}, empty {empty}");
+    assert!(total("ringkv_raft_batches_sent_total") > 0.0);
     assert_eq!(counter(&after, "ringkv_shards_hosted", &[]), 5.0, "4 shards + metadata");
     assert!(counter(&after, "ringkv_layout_epoch", &[]) >= 1.0);
     assert_eq!(

@@ -168,6 +168,43 @@ pub fn render(node: &Node) -> String {
         &node_label,
         gc.requests.load(Ordering::Relaxed),
     );
+    let net = &node.pool.stats;
+    family(
+        &mut out,
+        "ringkv_raft_messages_sent_total",
+        "counter",
+        "Raft messages (appends, heartbeats, votes) this node sent to peers.",
+    );
+    sample(
+        &mut out,
+        "ringkv_raft_messages_sent_total",
+        &node_label,
+        net.messages_sent.load(Ordering::Relaxed),
+    );
+    family(
+        &mut out,
+        "ringkv_raft_empty_appends_sent_total",
+        "counter",
+        "Of those messages, appends without entries (heartbeats and commit-index notices).",
+    );
+    sample(
+        &mut out,
+        "ringkv_raft_empty_appends_sent_total",
+        &node_label,
+        net.empty_appends_sent.load(Ordering::Relaxed),
+    );
+    family(
+        &mut out,
+        "ringkv_raft_batches_sent_total",
+        "counter",
+        "Transport Batch RPCs carrying those messages.",
+    );
+    sample(
+        &mut out,
+        "ringkv_raft_batches_sent_total",
+        &node_label,
+        net.batches_sent.load(Ordering::Relaxed),
+    );
     family(
         &mut out,
         "ringkv_client_writes_total",

@@ -76,6 +76,8 @@ const CAMPAIGN_NUDGE_TIMEOUT_MS: u64 = 1_000;
 pub struct NetStats {
     pub batches_sent: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Appends without entries: heartbeats and commit-index notices.
+    pub empty_appends_sent: AtomicU64,
     pub snapshot_chunks_sent: AtomicU64,
 }
 
@@ -396,6 +398,9 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         // so its lease runs at least as long as one counted from here.
         let sent = std::time::Instant::now();
         let n = rpc.entries.len() as u64;
+        if n == 0 {
+            self.stats.empty_appends_sent.fetch_add(1, Ordering::Relaxed);
+        }
         let payload = encode(&rpc);
         if payload.len() > RAFT_MESSAGE_BYTES_MAX && n > 1 {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(n / 2)));
