@@ -27,6 +27,12 @@ pub const SNAPSHOT_CORRUPT_CHUNK: &str = "snapshot.corrupt_chunk";
 pub const SNAPSHOT_SLOW_RECEIVE: &str = "snapshot.slow_receive";
 pub const SNAPSHOT_SLOW_RECEIVE_MS: u64 = 300;
 
+/// Pauses a snapshot install for [`SNAPSHOT_INSTALL_SLOW_MS`] at its most
+/// torn moment: the replica's old data is deleted and the snapshot's data
+/// not yet ingested. Tests read the replica meanwhile.
+pub const SNAPSHOT_INSTALL_SLOW: &str = "snapshot.install_slow";
+pub const SNAPSHOT_INSTALL_SLOW_MS: u64 = 3_000;
+
 /// Holds a read that passed its read barrier until the node no longer
 /// hosts the shard and has deleted its data (at most
 /// [`KV_READ_WAITS_FOR_REMOVAL_MS_MAX`]): the race of a read against the

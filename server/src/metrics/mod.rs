@@ -241,6 +241,18 @@ pub fn render(node: &Node) -> String {
         &node_label,
         node.stats.reads_raced_removal.load(Ordering::Relaxed),
     );
+    family(
+        &mut out,
+        "ringkv_reads_during_install_total",
+        "counter",
+        "Local reads refused because their replica was installing a snapshot.",
+    );
+    sample(
+        &mut out,
+        "ringkv_reads_during_install_total",
+        &node_label,
+        node.stats.reads_during_install.load(Ordering::Relaxed),
+    );
 
     family(
         &mut out,

@@ -610,12 +610,28 @@ impl Node {
     /// intact; otherwise (a removal raced the read after its barrier) the
     /// answer is discarded and the caller gets the hint of a non-hosted
     /// shard, as if the read had arrived a moment later.
+    ///
+    /// A read that overlapped a snapshot install of the replica (whose
+    /// data is torn until it ends) is refused as SHARD_UNAVAILABLE: the
+    /// client retries, on another replica or once the install is done.
     pub fn read_replica<T>(
         &self,
         replica: &ReadReplica,
         read: impl FnOnce() -> Result<T, ServerError>,
     ) -> Result<T, ServerError> {
+        let installing = || {
+            self.stats.inc(&self.stats.reads_during_install);
+            ServerError::ShardUnavailable {
+                shard_id: replica.shard.id,
+                reason: format!("its replica on node {} is installing a snapshot", self.id),
+            }
+        };
+        let ranges = &replica.shard.applied_ranges;
+        let generation = ranges.read_generation().ok_or_else(installing)?;
         let out = read()?;
+        if !ranges.unchanged_since(generation) {
+            return Err(installing());
+        }
         match self.shard(replica.shard.id) {
             Some(s) if Arc::ptr_eq(&s, &replica.shard) => Ok(out),
             _ => {

@@ -14,6 +14,9 @@ pub struct NodeStats {
     /// Local reads discarded because the replica was removed from this
     /// node while they ran (they are answered as if not hosted here).
     pub reads_raced_removal: AtomicU64,
+    /// Local reads refused because their replica was installing a snapshot
+    /// (its data torn) while they ran.
+    pub reads_during_install: AtomicU64,
     /// Linearizable reads (or read batches) served from the leader's lease,
     /// without a quorum round.
     pub lease_reads: AtomicU64,

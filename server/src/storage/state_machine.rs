@@ -656,6 +656,10 @@ impl ShardStateMachine {
         let sub = || ErrorSubject::Snapshot(Some(meta.signature()));
         let rd = |e: String| to_raft_err(sub(), ErrorVerb::Read, e);
         let wr = |e: super::StorageError| to_raft_err(sub(), ErrorVerb::Write, e);
+        // Readers of this replica refuse from here until the install is
+        // done: in between, its data is partly the old and partly the
+        // snapshot's. A failed install leaves them refusing.
+        self.applied_ranges.begin_install();
         let path = self.files.path(name);
         let file = std::fs::File::open(&path).map_err(|e| rd(format!("{}: {e}", path.display())))?;
         let mut reader = snapshot::SnapshotReader::new(file).map_err(|e| rd(e.to_string()))?;
@@ -749,6 +753,15 @@ impl ShardStateMachine {
         // records the install as done: until then the install marker makes
         // a restart redo it from the file.
         self.db.write_without_wal(std::mem::take(&mut batch)).map_err(wr)?;
+        if crate::failpoint::fire(crate::failpoint::SNAPSHOT_INSTALL_SLOW) {
+            tracing::warn!(
+                shard = self.shard,
+                "failpoint: pausing in the middle of a snapshot install"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(
+                crate::failpoint::SNAPSHOT_INSTALL_SLOW_MS,
+            ));
+        }
         let sst = ingest.finish().map_err(wr)?;
         let ingested = self.db.ingest(Cf::Data, &sst);
         self.files.remove_ingest_files();
@@ -774,6 +787,7 @@ impl ShardStateMachine {
         );
         batch.delete_cf(self.db.cf(Cf::Meta), keys::tagged(self.shard, keys::META_INSTALLING));
         self.db.write_unsynced(batch).map_err(wr)?;
+        self.applied_ranges.end_install();
         if layout.is_some() {
             self.layout_tx.send_replace(layout);
         }
@@ -838,21 +852,38 @@ fn off_the_runtime<R>(job: impl FnOnce() -> R) -> R {
 /// and a split publishes its smaller ranges before it writes the moved key
 /// index: a reader that takes a RocksDB snapshot and then finds the old
 /// ranges here knows its snapshot predates the split.
+///
+/// A snapshot install is not atomic either (old data deleted, new data
+/// ingested, then the applied state written), so the ranges also carry an
+/// install generation, odd while an install runs: a reader takes it before
+/// reading and checks it after ([`AppliedRanges::read_generation`],
+/// [`AppliedRanges::unchanged_since`]), and refuses when an install ran in
+/// between or runs still.
 #[derive(Debug, Clone, Default)]
-pub struct AppliedRanges(Arc<std::sync::RwLock<Vec<TokenRange>>>);
+pub struct AppliedRanges(Arc<RangesInner>);
+
+#[derive(Debug, Default)]
+struct RangesInner {
+    ranges: std::sync::RwLock<Vec<TokenRange>>,
+    installs: AtomicU64,
+}
 
 impl AppliedRanges {
     fn new(ranges: Vec<TokenRange>) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(ranges)))
+        Self(Arc::new(RangesInner {
+            ranges: std::sync::RwLock::new(ranges),
+            installs: Default::default(),
+        }))
     }
 
     fn set(&self, ranges: Vec<TokenRange>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ranges;
+        *self.0.ranges.write().unwrap_or_else(|p| p.into_inner()) = ranges;
     }
 
     /// Whether `token` is in the ranges.
     pub fn contains(&self, token: u64) -> bool {
         self.0
+            .ranges
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -861,7 +892,35 @@ impl AppliedRanges {
 
     /// The ranges now.
     pub fn get(&self) -> Vec<TokenRange> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.ranges.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Marks an install as running (a retry after a failed one continues
+    /// the same odd generation).
+    fn begin_install(&self) {
+        let _ = self
+            .0
+            .installs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |g| Some(g | 1));
+    }
+
+    fn end_install(&self) {
+        let was = self.0.installs.fetch_add(1, Ordering::SeqCst);
+        assert!(!was.is_multiple_of(2), "install generation {was} ended without a start");
+    }
+
+    /// The install generation to check after a read, or `None` while an
+    /// install runs (the data is torn: do not read).
+    pub fn read_generation(&self) -> Option<u64> {
+        let g = self.0.installs.load(Ordering::SeqCst);
+        g.is_multiple_of(2).then_some(g)
+    }
+
+    /// Whether no install started since `read_generation` returned
+    /// `generation`: reads done in between saw no install's partial state.
+    pub fn unchanged_since(&self, generation: u64) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.0.installs.load(Ordering::SeqCst) == generation
     }
 }
 
@@ -1177,6 +1236,22 @@ mod tests {
     use openraft::CommittedLeaderId;
 
     use super::*;
+
+    #[test]
+    fn a_read_overlapping_a_snapshot_install_is_refused() {
+        let r = AppliedRanges::new(vec![]);
+        let before = r.read_generation().expect("no install yet");
+        assert!(r.unchanged_since(before));
+        r.begin_install();
+        assert_eq!(r.read_generation(), None, "torn data must not be read");
+        assert!(!r.unchanged_since(before), "a read that saw the install start");
+        // A retry after a failed install continues the same install.
+        r.begin_install();
+        r.end_install();
+        let after = r.read_generation().expect("install done");
+        assert!(!r.unchanged_since(before), "a read that spanned the whole install");
+        assert!(r.unchanged_since(after));
+    }
     use crate::config::StorageConfig;
 
     const TTL_MS: u64 = 1_000;
