@@ -25,18 +25,10 @@ impl Drop for Nodes {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_shard_count_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
     let initial = format!("1={},2={},3={}", addrs[0], addrs[1], addrs[2]);
     let mut children = Nodes(Vec::new());
     for (i, shards) in [(1u64, "4"), (2, "4"), (3, "8")] {

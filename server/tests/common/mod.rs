@@ -116,7 +116,7 @@ const FREE_PORT_ATTEMPTS_MAX: usize = 100;
 /// before: the listener is closed before the node binds it, so the OS may
 /// offer the same port twice (seen in CI: two nodes of one cluster got the
 /// same port, and one failed to start).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     for _ in 0..FREE_PORT_ATTEMPTS_MAX {
