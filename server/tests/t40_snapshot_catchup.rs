@@ -20,31 +20,12 @@ use ringkv_proto::v1::Consistency;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::NodeStatsResponse;
 use ringkv_proto::v1::RequestHeader;
-use ringkv_proto::v1::TriggerSnapshotRequest;
-use ringkv_proto::v1::TriggerSnapshotResponse;
 
 const SHARD: u64 = 1;
 const KEYS: usize = 300;
 
 fn value_of(i: usize, seed: u64) -> Vec<u8> {
     format!("t40-value-{i}-{seed}").into_bytes()
-}
-
-/// Last applied index of `shard` on node `id`, as that node reports it.
-async fn applied_on(c: &Cluster, id: u64, shard: u64) -> Option<u64> {
-    let st = c.status(id).await?;
-    st.shards.iter().find(|s| s.id == shard).map(|s| s.last_applied_index)
-}
-
-/// TriggerSnapshot on node `id`, one attempt.
-async fn trigger(c: &Cluster, id: u64, shard: u64) -> Result<TriggerSnapshotResponse, String> {
-    let mut a = c.admin(id).await.ok_or_else(|| format!("connect node {id}"))?;
-    let mut req = tonic::Request::new(TriggerSnapshotRequest { shard_id: shard });
-    req.set_timeout(Duration::from_secs(70));
-    a.trigger_snapshot(req)
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))
 }
 
 async fn all_stats(c: &Cluster) -> BTreeMap<u64, NodeStatsResponse> {
@@ -83,7 +64,8 @@ async fn follower_catches_up_by_snapshot_despite_a_corrupt_chunk() {
     // The follower F of shard 1 goes down.
     let leader = c.leader_of(SHARD).await.expect("shard 1 has a leader");
     let follower = (1..=3u64).rev().find(|id| *id != leader).expect("a follower");
-    let f_applied = applied_on(&c, follower, SHARD)
+    let f_applied = c
+        .applied_on(follower, SHARD)
         .await
         .expect("follower answers ClusterStatus");
     eprintln!("shard {SHARD}: leader {leader}, follower {follower} (applied {f_applied}) goes down");
@@ -112,7 +94,7 @@ async fn follower_catches_up_by_snapshot_despite_a_corrupt_chunk() {
             .filter(|id| !purged.contains_key(id))
             .collect();
         for id in todo {
-            match trigger(&c, id, SHARD).await {
+            match c.trigger_snapshot(id, SHARD).await {
                 Ok(r) if r.purged_upto > f_applied + 10 => {
                     eprintln!("TriggerSnapshot on node {id}: {r:?}");
                     purged.insert(id, r.purged_upto);

@@ -20,7 +20,6 @@ use common::Opts;
 use ringkv_proto::v1::Consistency;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::RequestHeader;
-use ringkv_proto::v1::TriggerSnapshotRequest;
 
 const SHARD: u64 = 1;
 /// Keys F holds before it goes down: read during its install.
@@ -83,11 +82,7 @@ async fn stale_reads_never_see_a_half_installed_snapshot() {
             }
         }
     }
-    let f_applied = c
-        .status(follower)
-        .await
-        .and_then(|s| s.shards.iter().find(|s| s.id == SHARD).map(|s| s.last_applied_index))
-        .expect("follower reports shard 1");
+    let f_applied = c.applied_on(follower, SHARD).await.expect("follower reports shard 1");
     eprintln!("seed {seed}: leader {leader}, follower {follower} (applied {f_applied}) goes down");
     c.kill(follower);
 
@@ -100,14 +95,7 @@ async fn stale_reads_never_see_a_half_installed_snapshot() {
     // Snapshot and purge on both survivors past what F holds.
     for id in c.running() {
         loop {
-            let res = match c.admin(id).await {
-                Some(mut a) => {
-                    let mut req = tonic::Request::new(TriggerSnapshotRequest { shard_id: SHARD });
-                    req.set_timeout(Duration::from_secs(60));
-                    a.trigger_snapshot(req).await.map(|r| r.into_inner().purged_upto)
-                }
-                None => Err(tonic::Status::unavailable("connect")),
-            };
+            let res = c.trigger_snapshot(id, SHARD).await.map(|r| r.purged_upto);
             match res {
                 Ok(p) if p > f_applied + 10 => break,
                 other => {

@@ -872,7 +872,7 @@ impl AppliedRanges {
     fn new(ranges: Vec<TokenRange>) -> Self {
         Self(Arc::new(RangesInner {
             ranges: std::sync::RwLock::new(ranges),
-            installs: Default::default(),
+            ..RangesInner::default()
         }))
     }
 
@@ -1237,6 +1237,10 @@ mod tests {
 
     use super::*;
 
+    use crate::config::StorageConfig;
+
+    const TTL_MS: u64 = 1_000;
+
     #[test]
     fn a_read_overlapping_a_snapshot_install_is_refused() {
         let r = AppliedRanges::new(vec![]);
@@ -1252,9 +1256,6 @@ mod tests {
         assert!(!r.unchanged_since(before), "a read that spanned the whole install");
         assert!(r.unchanged_since(after));
     }
-    use crate::config::StorageConfig;
-
-    const TTL_MS: u64 = 1_000;
 
     struct Fixture {
         _dir: tempfile::TempDir,

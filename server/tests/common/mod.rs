@@ -466,6 +466,24 @@ impl Cluster {
             .map(|r| r.into_inner())
     }
 
+    /// Last applied index of `shard` on node `id`, as that node reports it.
+    pub async fn applied_on(&self, id: u64, shard: u64) -> Option<u64> {
+        let st = self.status(id).await?;
+        st.shards.iter().find(|s| s.id == shard).map(|s| s.last_applied_index)
+    }
+
+    /// Admin/TriggerSnapshot of `shard` on node `id`, one attempt (a
+    /// snapshot of a large shard may take a minute).
+    pub async fn trigger_snapshot(&self, id: u64, shard: u64) -> Result<TriggerSnapshotResponse, String> {
+        let mut a = self.admin(id).await.ok_or_else(|| format!("connect node {id}"))?;
+        let mut req = self.admin_request(TriggerSnapshotRequest { shard_id: shard });
+        req.set_timeout(Duration::from_secs(70));
+        a.trigger_snapshot(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| format!("node {id}: {:?} {}", s.code(), s.message()))
+    }
+
     fn dump_logs(&self) {
         for n in self.nodes.values() {
             let text = std::fs::read_to_string(&n.log).unwrap_or_default();
