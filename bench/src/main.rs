@@ -15,6 +15,7 @@ use ringkv_bench::backend::Backend;
 use ringkv_bench::backend::Kind;
 use ringkv_bench::failover;
 use ringkv_bench::failover::FailoverConfig;
+use ringkv_bench::fsync;
 use ringkv_bench::move_shard;
 use ringkv_bench::move_shard::MoveConfig;
 use ringkv_bench::report;
@@ -66,6 +67,12 @@ enum Cmd {
         /// ringkv backend: the client's `get_batches_in_flight_per_shard`.
         #[arg(long)]
         get_batches_in_flight: Option<usize>,
+        /// The system's metrics pages (`host:port` serving `/metrics`:
+        /// ringkv's status ports, etcd's client URLs), comma separated.
+        /// When given, the result records the mean WAL fsync latency of the
+        /// measured window, summed over these nodes.
+        #[arg(long)]
+        metrics: Option<String>,
     },
     /// Move a replica of a loaded shard to another node under foreground
     /// load; report the move rate and the latency before and during it.
@@ -128,9 +135,18 @@ async fn main() -> anyhow::Result<()> {
             put_batches_in_flight,
             get_batch_keys_max,
             get_batches_in_flight,
+            metrics,
         } => {
             cfg.validate()?;
-            let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+            let probe = match metrics {
+                Some(addrs) => {
+                    let metric = fsync::metric_of(backend.name())
+                        .with_context(|| format!("{} exports no fsync metrics", backend.name()))?;
+                    Some(fsync::Probe::new(split_list(&addrs), metric)?)
+                }
+                None => None,
+            };
+            let endpoints = split_list(&endpoints);
             let mut client_cfg = ringkv_client::Config::default();
             if let Some(n) = put_batch_keys_max {
                 client_cfg.put_batch_keys_max = n;
@@ -157,9 +173,12 @@ async fn main() -> anyhow::Result<()> {
                 cfg.seconds,
                 cfg.warmup_seconds
             );
-            let r = runner::run(&b, backend.name(), cfg).await?;
+            let r = runner::run(&b, backend.name(), cfg, probe).await?;
+            let fsync = r.fsync.as_ref().map_or(String::new(), |f| {
+                format!(", fsync {:.2} ms ({} syncs)", f.mean_ms, f.syncs)
+            });
             println!(
-                "{} {:?}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, errors {}",
+                "{} {:?}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, errors {}{fsync}",
                 r.backend,
                 r.config.workload,
                 r.ops_per_second,
@@ -182,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
             cfg,
             out_dir,
         } => {
-            let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+            let endpoints = split_list(&endpoints);
             let token = admin_token_of(admin_token, admin_token_file)?;
             let out_dir = out_dir.unwrap_or_else(|| move_shard::default_out_dir(std::time::SystemTime::now()));
             let r = move_shard::run(&endpoints, token, cfg).await?;
@@ -213,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
             cfg,
             out_dir,
         } => {
-            let endpoints: Vec<String> = endpoints.split(',').map(|s| s.trim().to_string()).collect();
+            let endpoints = split_list(&endpoints);
             let token = admin_token_of(admin_token, admin_token_file)?;
             let out_dir = out_dir.unwrap_or_else(|| failover::default_out_dir(std::time::SystemTime::now()));
             let r = failover::run(&endpoints, token, cfg).await?;
@@ -238,6 +257,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A comma-separated list, each item trimmed.
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|s| s.trim().to_string()).collect()
 }
 
 /// The Admin token: from its file when one is given, else the flag's.

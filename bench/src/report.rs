@@ -46,51 +46,308 @@ fn ratio(x: f64, of: Option<f64>) -> String {
     }
 }
 
-/// The markdown table: one row per workload (closed loop) or workload and
-/// offered load (open loop, `@ N/s`) and backend. The ratio columns compare
-/// each backend's throughput and p99 with etcd's on the same row label.
-pub fn markdown(results: &[RunResult]) -> String {
-    let mut by_label: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
-    for r in results {
-        by_label.entry(run_label(r)).or_default().push(r);
+/// The median of `xs` (the mean of the middle two for an even count);
+/// `None` when empty.
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
     }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// Every run of one backend on one row label, in the order they ran: the
+/// k-th run is round k (`make bench-compare` alternates the systems within
+/// each round).
+struct Group<'a> {
+    label: String,
+    backend: String,
+    runs: Vec<&'a RunResult>,
+}
+
+impl Group<'_> {
+    fn ops(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.ops_per_second).collect()).unwrap_or(0.0)
+    }
+
+    fn p99_us(&self) -> f64 {
+        median(self.runs.iter().map(|r| r.latency.p99_us as f64).collect()).unwrap_or(0.0)
+    }
+
+    /// The run whose p99 is the median (the lower middle of an even count):
+    /// the one whose latency CDF is drawn.
+    fn median_latency_run(&self) -> &RunResult {
+        let mut rs = self.runs.clone();
+        rs.sort_by_key(|r| r.latency.p99_us);
+        rs[(rs.len() - 1) / 2]
+    }
+}
+
+/// The runs grouped by row label (sorted) and backend (in order of first
+/// appearance within the label).
+fn groups(results: &[RunResult]) -> Vec<Group<'_>> {
+    let mut by_label: BTreeMap<String, Vec<Group<'_>>> = BTreeMap::new();
+    for r in results {
+        let label = run_label(r);
+        let gs = by_label.entry(label.clone()).or_default();
+        match gs.iter_mut().find(|g| g.backend == r.backend) {
+            Some(g) => g.runs.push(r),
+            None => gs.push(Group {
+                label,
+                backend: r.backend.clone(),
+                runs: vec![r],
+            }),
+        }
+    }
+    by_label.into_values().flatten().collect()
+}
+
+fn find<'g, 'r>(gs: &'g [Group<'r>], label: &str, backend: &str) -> Option<&'g Group<'r>> {
+    gs.iter().find(|g| g.label == label && g.backend == backend)
+}
+
+/// The report in markdown: the summary table, the ringkv/etcd ratio of
+/// every round, and where the performance targets stand.
+///
+/// Summary: one row per workload (closed loop) or workload and offered load
+/// (open loop, `@ N/s`) and backend. With several runs (rounds) of a row,
+/// ops/s and the latencies are medians over the rounds and `range` their
+/// spread; the ratio columns compare those medians with etcd's on the same
+/// row label. `fsync ms` is the median of the runs' mean WAL fsync latency.
+pub fn markdown(results: &[RunResult]) -> String {
+    let gs = groups(results);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | system | clients | ops/s | p50 ms | p99 ms | p99.9 ms | errors | vs etcd | p99 vs etcd |"
+        "| workload | system | clients | runs | ops/s | range | p50 ms | p99 ms | p99.9 ms | fsync ms | errors | vs etcd | p99 vs etcd |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (w, runs) in &by_label {
-        let etcd = runs.iter().find(|r| r.backend == "etcd");
-        for r in runs {
-            let _ = writeln!(
-                out,
-                "| {w} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
-                r.backend,
-                r.config.concurrency,
-                r.ops_per_second,
-                r.latency.p50_us as f64 / 1000.0,
-                r.latency.p99_us as f64 / 1000.0,
-                r.latency.p999_us as f64 / 1000.0,
-                r.errors,
-                ratio(r.ops_per_second, etcd.map(|e| e.ops_per_second)),
-                ratio(r.latency.p99_us as f64, etcd.map(|e| e.latency.p99_us as f64)),
-            );
-        }
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for g in &gs {
+        let etcd = find(&gs, &g.label, "etcd");
+        let ms =
+            |f: fn(&RunResult) -> u64| median(g.runs.iter().map(|r| f(r) as f64 / 1000.0).collect()).unwrap_or(0.0);
+        let range = if g.runs.len() > 1 {
+            let lo = g.runs.iter().map(|r| r.ops_per_second).fold(f64::INFINITY, f64::min);
+            let hi = g.runs.iter().map(|r| r.ops_per_second).fold(0.0, f64::max);
+            format!("{lo:.0}-{hi:.0}")
+        } else {
+            "-".into()
+        };
+        let fsync = median(
+            g.runs
+                .iter()
+                .filter_map(|r| r.fsync.as_ref().map(|f| f.mean_ms))
+                .collect(),
+        )
+        .map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.0} | {range} | {:.2} | {:.2} | {:.2} | {fsync} | {} | {} | {} |",
+            g.label,
+            g.backend,
+            g.runs[0].config.concurrency,
+            g.runs.len(),
+            g.ops(),
+            ms(|r| r.latency.p50_us),
+            ms(|r| r.latency.p99_us),
+            ms(|r| r.latency.p999_us),
+            g.runs.iter().map(|r| r.errors).sum::<u64>(),
+            ratio(g.ops(), etcd.map(Group::ops)),
+            ratio(g.p99_us(), etcd.map(Group::p99_us)),
+        );
+    }
+    out.push_str(&rounds_markdown(&gs));
+    out.push_str(&targets_markdown(&gs));
+    out
+}
+
+/// ringkv against etcd round by round, for the rows both ran more than
+/// once: the throughput ratio (closed loop) or the p99 ratio (open loop)
+/// of the k-th run of each. Empty when no row has rounds.
+fn rounds_markdown(gs: &[Group<'_>]) -> String {
+    let rows: Vec<(&Group<'_>, &Group<'_>)> = gs
+        .iter()
+        .filter(|g| g.backend == "ringkv" && g.runs.len() > 1)
+        .filter_map(|g| find(gs, &g.label, "etcd").filter(|e| e.runs.len() > 1).map(|e| (g, e)))
+        .collect();
+    let Some(n) = rows.iter().map(|(g, e)| g.runs.len().min(e.runs.len())).max() else {
+        return String::new();
+    };
+    let mut out = String::from(
+        "\nringkv / etcd in each round (closed loop: throughput; open loop: p99), and the median of \
+         those ratios:\n\n",
+    );
+    let heads: Vec<String> = (1..=n).map(|k| format!("round {k}")).collect();
+    let _ = writeln!(out, "| workload | measure | {} | median |", heads.join(" | "));
+    let _ = writeln!(out, "|---|---|{}---:|", "---:|".repeat(n));
+    for (g, e) in rows {
+        let open = g.runs[0].config.rate.is_some();
+        let of = |r: &RunResult| {
+            if open {
+                r.latency.p99_us as f64
+            } else {
+                r.ops_per_second
+            }
+        };
+        let cells: Vec<String> = (0..n)
+            .map(|k| match (g.runs.get(k), e.runs.get(k)) {
+                (Some(a), Some(b)) => ratio(of(a), Some(of(b))),
+                _ => "-".into(),
+            })
+            .collect();
+        let median = paired_ratio(g, e, of).map_or("-".into(), |r| format!("{r:.2}x"));
+        let measure = if open { "p99" } else { "ops/s" };
+        let _ = writeln!(out, "| {} | {measure} | {} | {median} |", g.label, cells.join(" | "));
     }
     out
+}
+
+/// The median of the round-by-round ratios `of(ringkv run k) / of(etcd run
+/// k)`: runs of one round ran back to back under the same disk, so their
+/// ratio is steadier than the ratio of two medians. `None` without a round
+/// both ran.
+fn paired_ratio(g: &Group<'_>, e: &Group<'_>, of: impl Fn(&RunResult) -> f64) -> Option<f64> {
+    median(
+        g.runs
+            .iter()
+            .zip(e.runs.iter())
+            .filter(|(_, b)| of(b) > 0.0)
+            .map(|(a, b)| of(a) / of(b))
+            .collect(),
+    )
+}
+
+/// What a target compares: ringkv against a reference, paired by round
+/// when both ran several, else their single runs (or medians).
+struct Target {
+    name: String,
+    /// ringkv's median over the reference's.
+    ratio: Option<f64>,
+    /// Met when the ratio is at least this (throughput) or at most it
+    /// (latency).
+    bound: f64,
+    at_least: bool,
+    /// Rounds that met the bound on their own, of those both systems ran.
+    rounds: Option<(usize, usize)>,
+}
+
+/// The performance targets of `make bench-compare`, each with its median
+/// ratio, the rounds that met it and a verdict ("not measured" when the
+/// results lack a row).
+fn targets_markdown(gs: &[Group<'_>]) -> String {
+    let mut targets = Vec::new();
+    for (w, name) in [("write", "write-only"), ("a", "YCSB-A"), ("c", "YCSB-C")] {
+        targets.push(target(
+            gs,
+            format!("{name} throughput >= 2x etcd"),
+            w,
+            "etcd",
+            2.0,
+            true,
+        ));
+    }
+    let mut open: Vec<&str> = gs
+        .iter()
+        .filter(|g| g.backend == "ringkv" && g.runs[0].config.rate.is_some())
+        .map(|g| g.label.as_str())
+        .collect();
+    open.dedup();
+    for label in open {
+        targets.push(target(gs, format!("{label}: p99 <= etcd's"), label, "etcd", 1.0, false));
+    }
+    targets.push(target(
+        gs,
+        "write-only throughput >= 50% of rocksdb-local".into(),
+        "write",
+        "rocksdb-local",
+        0.5,
+        true,
+    ));
+    let mut out = String::from(
+        "\nTargets (ringkv against the reference: the median of the round-by-round ratios when both ran \
+         several rounds):\n\n",
+    );
+    let _ = writeln!(out, "| target | ratio | rounds meeting it | verdict |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for t in targets {
+        let (ratio, verdict) = match t.ratio {
+            Some(r) => {
+                let met = if t.at_least { r >= t.bound } else { r <= t.bound };
+                (format!("{r:.2}x"), if met { "met" } else { "not met" })
+            }
+            None => ("-".into(), "not measured"),
+        };
+        let rounds = t.rounds.map_or("-".into(), |(k, n)| format!("{k} of {n}"));
+        let _ = writeln!(out, "| {} | {ratio} | {rounds} | {verdict} |", t.name);
+    }
+    out
+}
+
+fn target(gs: &[Group<'_>], name: String, label: &str, reference: &str, bound: f64, at_least: bool) -> Target {
+    let pair = find(gs, label, "ringkv").zip(find(gs, label, reference));
+    let of = |r: &RunResult| {
+        if at_least {
+            r.ops_per_second
+        } else {
+            r.latency.p99_us as f64
+        }
+    };
+    let ratio = pair.and_then(|(g, e)| {
+        if g.runs.len() > 1 && e.runs.len() > 1 {
+            return paired_ratio(g, e, of);
+        }
+        let (a, b) = if at_least {
+            (g.ops(), e.ops())
+        } else {
+            (g.p99_us(), e.p99_us())
+        };
+        (b > 0.0).then(|| a / b)
+    });
+    let rounds = pair
+        .filter(|(g, e)| g.runs.len() > 1 && e.runs.len() > 1)
+        .map(|(g, e)| {
+            let both: Vec<(&&RunResult, &&RunResult)> = g.runs.iter().zip(e.runs.iter()).collect();
+            let met = both
+                .iter()
+                .filter(|(a, b)| {
+                    let r = of(a) / of(b).max(f64::MIN_POSITIVE);
+                    if at_least {
+                        r >= bound
+                    } else {
+                        r <= bound
+                    }
+                })
+                .count();
+            (met, both.len())
+        });
+    Target {
+        name,
+        ratio,
+        bound,
+        at_least,
+        rounds,
+    }
 }
 
 /// Lowest latency the CDF chart's logarithmic axis shows, microseconds.
 const CDF_AXIS_US_MIN: f64 = 100.0;
 
-/// A latency CDF of every run with this `label` (one line per backend):
-/// x is the latency on a logarithmic axis, y the share of operations at or
-/// below it. `None` when no run of that label has CDF points.
+/// A latency CDF of the runs with this `label`, one line per backend (its
+/// run of median p99 when it ran several rounds): x is the latency on a
+/// logarithmic axis, y the share of operations at or below it. `None` when
+/// no run of that label has CDF points.
 pub fn latency_cdf_svg(results: &[RunResult], label: &str) -> Option<String> {
-    let runs: Vec<&RunResult> = results
+    let gs = groups(results);
+    let runs: Vec<&RunResult> = gs
         .iter()
-        .filter(|r| run_label(r) == label && !r.latency.cdf.is_empty())
+        .filter(|g| g.label == label)
+        .map(Group::median_latency_run)
+        .filter(|r| !r.latency.cdf.is_empty())
         .collect();
     if runs.is_empty() {
         return None;
@@ -187,16 +444,20 @@ fn cdf_file_name(label: &str) -> String {
     format!("latency-{}.svg", slug.trim_matches('-'))
 }
 
-/// A grouped bar chart of throughput per workload and backend.
+/// A grouped bar chart of closed-loop throughput per workload and backend
+/// (the median over rounds).
 pub fn throughput_svg(results: &[RunResult]) -> String {
-    let mut workloads: Vec<String> = results.iter().map(workload_name).collect();
-    workloads.dedup();
+    let gs: Vec<Group<'_>> = groups(results)
+        .into_iter()
+        .filter(|g| g.runs[0].config.rate.is_none())
+        .collect();
+    let mut workloads: Vec<String> = gs.iter().map(|g| g.label.clone()).collect();
     workloads.sort();
     workloads.dedup();
-    let mut backends: Vec<String> = results.iter().map(|r| r.backend.clone()).collect();
+    let mut backends: Vec<String> = gs.iter().map(|g| g.backend.clone()).collect();
     backends.sort();
     backends.dedup();
-    let max = results.iter().map(|r| r.ops_per_second).fold(1.0, f64::max);
+    let max = gs.iter().map(Group::ops).fold(1.0, f64::max);
     let (bar_w, gap, h, top, left) = (28.0, 24.0, 300.0, 30.0, 60.0);
     let group_w = bar_w * backends.len() as f64 + gap;
     let width = left + group_w * workloads.len() as f64 + 200.0;
@@ -211,10 +472,10 @@ pub fn throughput_svg(results: &[RunResult]) -> String {
     for (wi, w) in workloads.iter().enumerate() {
         let gx = left + wi as f64 * group_w;
         for (bi, b) in backends.iter().enumerate() {
-            let Some(r) = results.iter().find(|r| &r.backend == b && &workload_name(r) == w) else {
+            let Some(g) = find(&gs, w, b) else {
                 continue;
             };
-            let bh = r.ops_per_second / max * h;
+            let bh = g.ops() / max * h;
             let x = gx + bi as f64 * bar_w;
             let y = top + h - bh;
             let c = colors[bi % colors.len()];
@@ -222,7 +483,7 @@ pub fn throughput_svg(results: &[RunResult]) -> String {
                 s,
                 r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{c}"><title>{b} {w}: {:.0} ops/s</title></rect>"#,
                 bar_w - 2.0,
-                r.ops_per_second
+                g.ops()
             );
         }
         let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}">{w}</text>"#, gx, top + h + 16.0);
@@ -341,6 +602,7 @@ mod tests {
             },
             per_op: BTreeMap::new(),
             missed_arrivals: 0,
+            fsync: None,
         }
     }
 
@@ -352,10 +614,15 @@ mod tests {
             result("ringkv-forward", Workload::C, 900.0),
         ];
         let md = markdown(&rs);
-        assert!(md.contains("| a | ringkv-forward | 64 | 2500 | 1.50 | 4.00 |"), "{md}");
-        assert!(md.contains("| 2.50x | 1.00x |"), "{md}");
         assert!(
-            md.contains("| c | ringkv-forward | 64 | 900 |") && md.contains("| - | - |"),
+            md.contains("| a | ringkv-forward | 64 | 1 | 2500 | - | 1.50 | 4.00 | 0.00 | - | 0 | 2.50x | 1.00x |"),
+            "{md}"
+        );
+        assert!(md.contains("| c | ringkv-forward | 64 | 1 | 900 | - |"), "{md}");
+        assert!(md.contains("| 0 | - | - |"), "no etcd row for c: {md}");
+        assert!(!md.contains("in each round"), "one round: no rounds table: {md}");
+        assert!(
+            md.contains("| write-only throughput >= 2x etcd | - | - | not measured |"),
             "{md}"
         );
         let svg = throughput_svg(&rs);
@@ -392,7 +659,11 @@ mod tests {
             open("etcd", 8000),
         ];
         let md = markdown(&rs);
-        assert!(md.contains("| write @ 500/s | ringkv | 64 | 500 |"), "{md}");
+        assert!(md.contains("| write @ 500/s | ringkv | 64 | 1 | 500 |"), "{md}");
+        assert!(
+            md.contains("| write @ 500/s: p99 <= etcd's | 0.25x | - | met |"),
+            "{md}"
+        );
         assert!(md.contains("| 1.00x | 0.25x |"), "{md}");
         let svg = latency_cdf_svg(&rs, "write @ 500/s").expect("a chart");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -405,6 +676,51 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_report(&rs, dir.path()).unwrap();
         assert!(dir.path().join("latency-write-500-s.svg").exists());
+    }
+
+    #[test]
+    fn rounds_are_summarised_by_medians_and_judged_against_the_targets() {
+        let mut rs = Vec::new();
+        // Alternated as bench-compare runs them: ringkv, etcd, per round.
+        for (k, (ringkv, etcd)) in [(3000.0, 2000.0), (5000.0, 2000.0), (9000.0, 4000.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = result("ringkv", Workload::Write, ringkv);
+            r.fsync = Some(crate::fsync::Fsync {
+                syncs: 100,
+                mean_ms: 1.0 + k as f64,
+            });
+            rs.push(r);
+            rs.push(result("etcd", Workload::Write, etcd));
+        }
+        rs.push(result("rocksdb-local", Workload::Write, 20_000.0));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+        let md = markdown(&rs);
+        assert!(
+            md.contains(
+                "| write | ringkv | 64 | 3 | 5000 | 3000-9000 | 1.50 | 4.00 | 0.00 | 2.00 | 0 | 2.50x | 1.00x |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| write | etcd | 64 | 3 | 2000 | 2000-4000 |"), "{md}");
+        assert!(md.contains("| write | ops/s | 1.50x | 2.50x | 2.25x | 2.25x |"), "{md}");
+        assert!(
+            md.contains("| write-only throughput >= 2x etcd | 2.25x | 2 of 3 | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| YCSB-A throughput >= 2x etcd | - | - | not measured |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| write-only throughput >= 50% of rocksdb-local | 0.25x | - | not met |"),
+            "{md}"
+        );
+        let svg = throughput_svg(&rs);
+        assert!(svg.contains("ringkv write: 5000 ops/s"), "the median bar: {svg}");
     }
 
     #[test]

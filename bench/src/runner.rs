@@ -20,6 +20,8 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::fsync::Fsync;
+use crate::fsync::Probe;
 use crate::workload::key_of;
 use crate::workload::latest;
 use crate::workload::Chooser;
@@ -144,6 +146,10 @@ pub struct RunResult {
     pub per_op: BTreeMap<String, Latency>,
     /// Open loop: arrivals the clients could not even start in time.
     pub missed_arrivals: u64,
+    /// The system's WAL fsyncs in the measured window, when its metrics
+    /// were scraped (`--metrics`); absent in results written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsync: Option<Fsync>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -228,12 +234,20 @@ async fn one_op(
     (op, res)
 }
 
-/// Runs the workload and measures it.
-pub async fn run(backend: &Backend, name: &str, cfg: RunConfig) -> anyhow::Result<RunResult> {
+/// Runs the workload and measures it. With a `probe`, the system's fsync
+/// histogram is read as the measured window opens and once every client
+/// has stopped; a failed scrape is reported and leaves `fsync` empty.
+pub async fn run(backend: &Backend, name: &str, cfg: RunConfig, probe: Option<Probe>) -> anyhow::Result<RunResult> {
     cfg.validate()?;
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(cfg.warmup_seconds);
     let end = measure_from + Duration::from_secs(cfg.seconds);
+    let fsync_before = probe.clone().map(|p| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            p.totals().await
+        })
+    });
     let chooser = Arc::new(Chooser::new(cfg.distribution, cfg.records));
     let latest_z = Arc::new(Zipfian::new(cfg.records));
     let inserted = Arc::new(AtomicU64::new(cfg.records));
@@ -313,6 +327,16 @@ pub async fn run(backend: &Backend, name: &str, cfg: RunConfig) -> anyhow::Resul
         errors += out.errors;
         missed += out.missed;
     }
+    let fsync = match (probe, fsync_before) {
+        (Some(p), Some(before)) => match (before.await?, p.totals().await) {
+            (Ok(b), Ok(a)) => a.since(b),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("fsync latency not measured: {e:#}");
+                None
+            }
+        },
+        _ => None,
+    };
     let measured = cfg.seconds as f64;
     Ok(RunResult {
         backend: name.to_string(),
@@ -323,6 +347,7 @@ pub async fn run(backend: &Backend, name: &str, cfg: RunConfig) -> anyhow::Resul
         latency: Latency::of(&all),
         per_op: per_op.iter().map(|(k, h)| (k.to_string(), Latency::of(h))).collect(),
         missed_arrivals: missed,
+        fsync,
         config: cfg,
     })
 }
@@ -354,12 +379,12 @@ mod tests {
             .unwrap();
         load(&b, 200, 64, 4).await.unwrap();
         for w in [Workload::A, Workload::D, Workload::F, Workload::Write] {
-            let r = run(&b, "local", cfg(w, None)).await.unwrap();
+            let r = run(&b, "local", cfg(w, None), None).await.unwrap();
             assert!(r.ops > 0 && r.errors == 0, "{w:?}: {r:?}");
             assert!(r.latency.p50_us <= r.latency.p99_us && r.latency.p99_us <= r.latency.max_us);
         }
         // Open loop at 200/s for 1 s: about 200 operations, not more.
-        let r = run(&b, "local", cfg(Workload::C, Some(200.0))).await.unwrap();
+        let r = run(&b, "local", cfg(Workload::C, Some(200.0)), None).await.unwrap();
         assert!((150..=201).contains(&r.ops), "open loop did {} ops", r.ops);
         assert!(cfg(Workload::C, Some(0.0)).validate().is_err());
     }
