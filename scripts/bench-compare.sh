@@ -19,7 +19,9 @@
 # others (under 15 minutes). Both add open-loop runs of ringkv and etcd at
 # one offered load per target workload (1 round quick, 2 default), for
 # latency at the same load. BENCH_ROUNDS overrides the number of rounds,
-# BENCH_BIN_DIR the folder of the binaries.
+# BENCH_BIN_DIR the folder of the binaries, BENCH_RINGKV_FLAGS adds flags
+# to every ringkv server (for example "--shards 1 --shards-per-node-min 0"
+# for one Raft group, as etcd has); the report's setup.md records them.
 # Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -70,10 +72,11 @@ RK_STATUS=(127.0.0.1:51071 127.0.0.1:51072 127.0.0.1:51073)
 EC=(127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793)
 EP=(127.0.0.1:23801 127.0.0.1:23802 127.0.0.1:23803)
 INITIAL="1=${RK[0]},2=${RK[1]},3=${RK[2]}"
+read -r -a RINGKV_FLAGS <<<"${BENCH_RINGKV_FLAGS:-}"
 for i in 0 1 2; do
     "$SERVER" --node-id $((i + 1)) --listen "${RK[$i]}" --status-listen "${RK_STATUS[$i]}" \
         --data-dir "$WORK/ringkv$((i + 1))" \
-        --initial-cluster "$INITIAL" >"$WORK/ringkv$((i + 1)).log" 2>&1 &
+        --initial-cluster "$INITIAL" "${RINGKV_FLAGS[@]}" >"$WORK/ringkv$((i + 1)).log" 2>&1 &
     PIDS+=($!)
 done
 ETCD_CLUSTER="e1=http://${EP[0]},e2=http://${EP[1]},e3=http://${EP[2]}"
@@ -102,6 +105,7 @@ ready ringkv-forward "$RK_EP"
 ready etcd "$EC_EP"
 log "ringkv and etcd are up"
 
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 OUT=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 RESULTS=$OUT/runs.jsonl
@@ -167,5 +171,16 @@ for w in "${TARGET_WORKLOADS[@]}"; do
         pair "$r" "$w" --rate "$rate"
     done
 done
+{
+    echo "# bench-compare setup"
+    echo
+    echo "- started: $STARTED; finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
+    echo "- mode: $([[ $QUICK -eq 1 ]] && echo quick || echo full); rounds: $ROUNDS closed, $OPEN_ROUNDS open loop; ${SECONDS_RUN} s runs after ${WARMUP} s warm-up"
+    echo "- clients: $CLIENTS; value bytes: $VALUE_BYTES; records: $RECORDS; open-loop share: $OPEN_SHARE%"
+    echo "- ringkv server flags beyond the defaults: ${BENCH_RINGKV_FLAGS:-none}"
+    echo "- etcd: $(etcd --version 2>/dev/null | head -1)"
+    echo "- machine: $(nproc) cores; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$OUT/setup.md"
 "$BENCH" report --results "$RESULTS" --out-dir "$OUT"
-log "report written to $OUT (results.md, results.json, throughput.svg, latency-*.svg)"
+log "report written to $OUT (setup.md, results.md, results.json, throughput.svg, latency-*.svg)"
