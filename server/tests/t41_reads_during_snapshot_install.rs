@@ -119,6 +119,9 @@ async fn stale_reads_never_see_a_half_installed_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut served, mut refused, mut reads_after_install) = (0usize, 0usize, 0usize);
     let mut last_error = String::new();
+    // The replica's `ringkv_snapshot_installing` gauge, as operators see it.
+    let installing_gauge = format!("ringkv_snapshot_installing{{node=\"{follower}\",shard=\"{SHARD}\"}}");
+    let mut gauge_seen_up = false;
     for n in 0..READS_MAX {
         let installed = c.node_stats(follower).await.is_some_and(|s| s.snapshots_installed >= 1);
         if installed {
@@ -149,6 +152,9 @@ async fn stale_reads_never_see_a_half_installed_snapshot() {
             Err(s) => {
                 if s.code() == tonic::Code::Unavailable && s.message().contains("installing a snapshot") {
                     refused += 1;
+                    if !gauge_seen_up {
+                        gauge_seen_up = common::metric(&status_addr, &installing_gauge) == Some(1.0);
+                    }
                 }
                 last_error = format!("{:?} {}", s.code(), s.message());
             }
@@ -163,6 +169,15 @@ async fn stale_reads_never_see_a_half_installed_snapshot() {
     assert!(
         refused >= 1 && counted >= 1.0,
         "no read was refused during the install ({served} served, metric {counted}): the test missed the window"
+    );
+    assert!(
+        gauge_seen_up,
+        "{installing_gauge} never read 1 while reads were refused"
+    );
+    assert_eq!(
+        common::metric(&status_addr, &installing_gauge),
+        Some(0.0),
+        "{installing_gauge} after the install"
     );
     c.wait_ready().await;
 }

@@ -338,8 +338,8 @@ fn render_placement(node: &Node, node_label: &str, out: &mut String) {
 }
 
 fn render_raft(node: &Node, node_label: &str, out: &mut String) {
-    let shards: Vec<_> = node
-        .shard_list()
+    let hosted = node.shard_list();
+    let shards: Vec<_> = hosted
         .iter()
         .map(|s| (s.id, s.raft.metrics().borrow().clone()))
         .collect();
@@ -350,6 +350,21 @@ fn render_raft(node: &Node, node_label: &str, out: &mut String) {
         "Raft groups hosted here (the metadata group included).",
     );
     sample(out, "ringkv_shards_hosted", node_label, shards.len());
+    family(
+        out,
+        "ringkv_snapshot_installing",
+        "gauge",
+        "1 while the shard's replica here installs a snapshot, or after an install failed until one succeeds: it refuses reads meanwhile.",
+    );
+    for s in hosted.iter() {
+        let v = u8::from(s.applied_ranges.installing());
+        sample(
+            out,
+            "ringkv_snapshot_installing",
+            &format!("{node_label},shard=\"{}\"", s.id),
+            v,
+        );
+    }
     family(out, "ringkv_shards_leading", "gauge", "Raft groups this node leads.");
     let leading = shards.iter().filter(|(_, m)| m.current_leader == Some(node.id)).count();
     sample(out, "ringkv_shards_leading", node_label, leading);

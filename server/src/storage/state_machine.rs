@@ -909,6 +909,12 @@ impl AppliedRanges {
         assert!(!was.is_multiple_of(2), "install generation {was} ended without a start");
     }
 
+    /// Whether an install runs, or the last one failed and none has
+    /// succeeded since: the replica's data is torn and it refuses reads.
+    pub fn installing(&self) -> bool {
+        !self.0.installs.load(Ordering::SeqCst).is_multiple_of(2)
+    }
+
     /// The install generation to check after a read, or `None` while an
     /// install runs (the data is torn: do not read).
     pub fn read_generation(&self) -> Option<u64> {
@@ -1245,13 +1251,15 @@ mod tests {
     fn a_read_overlapping_a_snapshot_install_is_refused() {
         let r = AppliedRanges::new(vec![]);
         let before = r.read_generation().expect("no install yet");
-        assert!(r.unchanged_since(before));
+        assert!(r.unchanged_since(before) && !r.installing());
         r.begin_install();
+        assert!(r.installing());
         assert_eq!(r.read_generation(), None, "torn data must not be read");
         assert!(!r.unchanged_since(before), "a read that saw the install start");
         // A retry after a failed install continues the same install.
         r.begin_install();
         r.end_install();
+        assert!(!r.installing());
         let after = r.read_generation().expect("install done");
         assert!(!r.unchanged_since(before), "a read that spanned the whole install");
         assert!(r.unchanged_since(after));
