@@ -182,5 +182,5 @@ done
     echo "- etcd: $(etcd --version 2>/dev/null | head -1)"
     echo "- machine: $(nproc) cores; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/setup.md"
-"$BENCH" report --results "$RESULTS" --out-dir "$OUT"
+"$BENCH" report --results "$RESULTS" --out-dir "$OUT" --notes "$OUT/setup.md"
 log "report written to $OUT (setup.md, results.md, results.json, throughput.svg, latency-*.svg)"

@@ -118,6 +118,9 @@ enum Cmd {
         results: PathBuf,
         #[arg(long)]
         out_dir: PathBuf,
+        /// Markdown put at the top of results.md (what was run, on what).
+        #[arg(long)]
+        notes: Option<PathBuf>,
     },
 }
 
@@ -250,9 +253,17 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("report written to {}", out_dir.display());
             Ok(())
         }
-        Cmd::Report { results, out_dir } => {
+        Cmd::Report {
+            results,
+            out_dir,
+            notes,
+        } => {
             let rs = report::read_results(&results)?;
-            report::write_report(&rs, &out_dir)?;
+            let notes = match notes {
+                Some(p) => Some(std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?),
+                None => None,
+            };
+            report::write_report(&rs, &out_dir, notes.as_deref())?;
             print!("{}", report::markdown(&rs));
             Ok(())
         }

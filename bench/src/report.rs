@@ -499,12 +499,17 @@ pub fn throughput_svg(results: &[RunResult]) -> String {
     s
 }
 
-/// Writes `results.json`, `results.md`, `throughput.svg` and one latency
-/// CDF chart per row label (`latency-<label>.svg`) into `dir`.
-pub fn write_report(results: &[RunResult], dir: &Path) -> anyhow::Result<()> {
+/// Writes `results.json`, `results.md` (after `notes`, when given: what
+/// was run, on what), `throughput.svg` and one latency CDF chart per row
+/// label (`latency-<label>.svg`) into `dir`.
+pub fn write_report(results: &[RunResult], dir: &Path, notes: Option<&str>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(results)?)?;
-    std::fs::write(dir.join("results.md"), markdown(results))?;
+    let md = match notes {
+        Some(n) => format!("{}\n\n{}", n.trim_end(), markdown(results)),
+        None => markdown(results),
+    };
+    std::fs::write(dir.join("results.md"), md)?;
     std::fs::write(dir.join("throughput.svg"), throughput_svg(results))?;
     let mut labels: Vec<String> = results.iter().map(run_label).collect();
     labels.sort();
@@ -629,7 +634,9 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 3 + 2, "bars + legend");
         let dir = tempfile::tempdir().unwrap();
-        write_report(&rs, dir.path()).unwrap();
+        write_report(&rs, dir.path(), Some("# setup\n")).unwrap();
+        let md = std::fs::read_to_string(dir.path().join("results.md")).unwrap();
+        assert!(md.starts_with("# setup\n\n| workload |"), "{md}");
         let back: Vec<RunResult> =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap()).unwrap();
         assert_eq!(back.len(), 3);
@@ -674,7 +681,7 @@ mod tests {
         );
         assert_eq!(cdf_file_name("write @ 500/s"), "latency-write-500-s.svg");
         let dir = tempfile::tempdir().unwrap();
-        write_report(&rs, dir.path()).unwrap();
+        write_report(&rs, dir.path(), None).unwrap();
         assert!(dir.path().join("latency-write-500-s.svg").exists());
     }
 
