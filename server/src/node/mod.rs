@@ -8,6 +8,7 @@
 //! and does not decide what a command does (see `storage::state_machine`).
 
 pub mod membership;
+pub mod proposals;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -154,6 +155,8 @@ pub struct Node {
     /// Shards this node is handing its leadership off, to which node. While
     /// listed, the shard takes no new requests here (see `transfer_leader`).
     transfers: std::sync::Mutex<BTreeMap<u64, u64>>,
+    /// Sessionless puts waiting to share a Raft entry (see `proposals`).
+    proposals: proposals::SharedQueues,
 }
 
 /// How a node came up.
@@ -294,6 +297,7 @@ impl Node {
             gc.write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
                 .await?;
         }
+        let (limits_keys_max, limits_bytes_max) = (cfg.limits.batch_keys_max, cfg.limits.batch_bytes_max);
         let node = Arc::new(Node {
             id,
             cfg,
@@ -313,6 +317,10 @@ impl Node {
             hosted_ranges,
             placement: Default::default(),
             transfers: std::sync::Mutex::new(BTreeMap::new()),
+            proposals: Arc::new(std::sync::Mutex::new(proposals::Queues::new(proposals::Limits {
+                keys_max: limits_keys_max,
+                bytes_max: limits_bytes_max,
+            }))),
         });
         membership::drop_orphans(&node).await;
         if mode == StartMode::Bootstrap && node.hosts(META_SHARD_ID) {
@@ -474,19 +482,28 @@ impl Node {
             });
         }
         self.ensure_leader(&shard, deadline).await?;
-        let req = RaftRequest {
-            command,
-            session,
-            timestamp_ms: now_ms(),
+        let deadline_exceeded = || {
+            ServerError::DeadlineExceeded(format!(
+                "write to shard {shard_id} not committed before the deadline; outcome unknown, retry with the same client id and sequence"
+            ))
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let res = tokio::time::timeout(left, shard.raft.client_write(req))
-            .await
-            .map_err(|_| {
-                ServerError::DeadlineExceeded(format!(
-                    "write to shard {shard_id} not committed before the deadline; outcome unknown, retry with the same client id and sequence"
-                ))
-            })?;
+        let res = match mergeable(shard_id, session, command) {
+            Ok(pairs) => self
+                .propose_merged(&shard, pairs, deadline)
+                .await?
+                .ok_or_else(deadline_exceeded)?,
+            Err(command) => {
+                let req = RaftRequest {
+                    command,
+                    session,
+                    timestamp_ms: now_ms(),
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::timeout(left, shard.raft.client_write(req))
+                    .await
+                    .map_err(|_| deadline_exceeded())?
+            }
+        };
         self.stats.inc(&self.stats.client_writes);
         if shard_id != META_SHARD_ID && res.is_ok() && failpoint::fire(failpoint::KV_ABORT_AFTER_WRITE) {
             tracing::error!(
@@ -522,6 +539,60 @@ impl Node {
                 shard_id,
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    /// Queues sessionless puts to share the shard's next Raft entry with the
+    /// others waiting (see `proposals`) and waits for that entry's outcome
+    /// (`None`: the deadline passed first, outcome unknown). With every
+    /// queue full the puts are proposed alone.
+    async fn propose_merged(
+        &self,
+        shard: &Arc<Shard>,
+        pairs: proposals::Pairs,
+        deadline: Instant,
+    ) -> Result<proposals::Outcome, ServerError> {
+        let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = proposals::Pending {
+            pairs,
+            bytes,
+            deadline,
+            reply: tx,
+        };
+        let pushed = self
+            .proposals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(shard.id, pending);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pushed {
+            Ok(start) => {
+                if start {
+                    tokio::spawn(proposals::drain(
+                        self.proposals.clone(),
+                        shard.raft.clone(),
+                        shard.id,
+                        now_ms,
+                    ));
+                }
+                match tokio::time::timeout(left, rx).await {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    Err(_) => Ok(None),
+                    Ok(Err(_)) => Err(ServerError::ShardUnavailable {
+                        shard_id: shard.id,
+                        reason: "the shard's proposal task stopped before the write's outcome was known".into(),
+                    }),
+                }
+            }
+            Err(alone) => {
+                let req = RaftRequest {
+                    command: Command::BatchPut { pairs: alone.pairs },
+                    session: None,
+                    timestamp_ms: now_ms(),
+                };
+                Ok(tokio::time::timeout(left, shard.raft.client_write(req)).await.ok())
+            }
         }
     }
 
@@ -923,6 +994,20 @@ fn read_admin_token(path: &std::path::Path) -> Result<Option<String>, NodeError>
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// The pairs of a put that may share a Raft entry with others: a `Put` or
+/// `BatchPut` to a data shard without a session (an exactly-once record is
+/// one per entry). Anything else is handed back.
+fn mergeable(shard_id: u64, session: Option<SessionId>, command: Command) -> Result<proposals::Pairs, Command> {
+    if session.is_some() || shard_id == META_SHARD_ID {
+        return Err(command);
+    }
+    match command {
+        Command::Put { key, value } => Ok(vec![(key, value)]),
+        Command::BatchPut { pairs } => Ok(pairs),
+        other => Err(other),
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

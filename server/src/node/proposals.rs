@@ -1,0 +1,265 @@
+//! Proposal coalescing on a shard leader: concurrent puts without a session
+//! (`Put` and `BatchPut` from callers that do not ask for exactly-once, such
+//! as plain gRPC clients and requests forwarded for them) to one shard are
+//! proposed together as one `BatchPut` entry.
+//!
+//! Why: openraft 0.9 appends, syncs and replicates every `client_write` on
+//! its own, and its core waits for each append's WAL sync before it takes
+//! the next, so N concurrent single puts to a shard cost N leader syncs in a
+//! row. Merged, the puts that queued while one entry was in flight share the
+//! next entry. The smart client already sends one coalesced batch per shard
+//! at a time; this does the same for everyone else.
+//!
+//! Owns the queues and the decision of what leaves together ([`Queues`], no
+//! I/O), and the task that proposes a shard's batches ([`drain`]). Writes
+//! with a session are never merged: their exactly-once record is one per
+//! entry. Does not map results to errors: each caller does that, as for an
+//! entry of its own.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::raft::ClientWriteResponse;
+use tokio::sync::oneshot;
+
+use crate::raft::types::Command;
+use crate::raft::types::NodeId;
+use crate::raft::types::Raft;
+use crate::raft::types::RaftRequest;
+use crate::raft::types::TypeConfig;
+
+/// Most puts waiting in all queues of a node together; a put arriving at a
+/// full queue is proposed on its own.
+pub const QUEUED_PUTS_MAX: usize = 16 * 1024;
+
+/// Batches of one shard in flight at once. One: the shard's next batch
+/// holds everything that queued while the previous entry was committed.
+pub const BATCHES_IN_FLIGHT_PER_SHARD: usize = 1;
+
+/// What `client_write` returned for an entry.
+pub type WriteResult =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>>;
+
+/// A merged entry's outcome as each of its callers gets it; `None` when its
+/// deadline (the latest of its callers') passed first: outcome unknown.
+pub type Outcome = Option<WriteResult>;
+
+/// Key-value pairs of puts.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Bounds of one merged entry: the node's request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub keys_max: usize,
+    pub bytes_max: usize,
+}
+
+/// One waiting put (or sessionless batch of puts).
+#[derive(Debug)]
+pub struct Pending<T> {
+    pub pairs: Pairs,
+    pub bytes: usize,
+    pub deadline: Instant,
+    pub reply: T,
+}
+
+#[derive(Debug)]
+struct ShardQueue<T> {
+    waiting: VecDeque<Pending<T>>,
+    in_flight: usize,
+}
+
+/// The waiting puts of every shard.
+#[derive(Debug)]
+pub struct Queues<T> {
+    limits: Limits,
+    shards: HashMap<u64, ShardQueue<T>>,
+    queued: usize,
+}
+
+impl<T> Queues<T> {
+    pub fn new(limits: Limits) -> Self {
+        assert!(limits.keys_max >= 1 && limits.bytes_max >= 1);
+        Self {
+            limits,
+            shards: HashMap::new(),
+            queued: 0,
+        }
+    }
+
+    /// Queues `p` under `shard`. `Ok(true)`: the shard has a free slot and
+    /// the caller must start a [`drain`] task for it. `Err`: every queue
+    /// together is full; the put is handed back to be proposed alone.
+    pub fn push(&mut self, shard: u64, p: Pending<T>) -> Result<bool, Pending<T>> {
+        if self.queued >= QUEUED_PUTS_MAX {
+            return Err(p);
+        }
+        let q = self.shards.entry(shard).or_insert_with(|| ShardQueue {
+            waiting: VecDeque::new(),
+            in_flight: 0,
+        });
+        q.waiting.push_back(p);
+        self.queued += 1;
+        if q.in_flight < BATCHES_IN_FLIGHT_PER_SHARD {
+            q.in_flight += 1;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The next batch of a drain task of `shard`, which just finished its
+    /// previous batch (or starts): everything waiting, up to the limits (a
+    /// single put above them still goes, alone). `None` when nothing waits:
+    /// the task ends and frees its slot.
+    pub fn next_batch(&mut self, shard: u64) -> Option<Vec<Pending<T>>> {
+        let q = self.shards.get_mut(&shard)?;
+        assert!(q.in_flight >= 1, "a drain task of shard {shard} without a slot");
+        if q.waiting.is_empty() {
+            q.in_flight -= 1;
+            if q.in_flight == 0 {
+                self.shards.remove(&shard);
+            }
+            return None;
+        }
+        let (mut keys, mut bytes) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        while let Some(next) = q.waiting.front() {
+            let fits = keys + next.pairs.len() <= self.limits.keys_max && bytes + next.bytes <= self.limits.bytes_max;
+            if !batch.is_empty() && !fits {
+                break;
+            }
+            keys += next.pairs.len();
+            bytes += next.bytes;
+            batch.extend(q.waiting.pop_front());
+        }
+        self.queued -= batch.len();
+        assert!(!batch.is_empty());
+        Some(batch)
+    }
+}
+
+/// The queues of a node, shared by its write path and its drain tasks.
+pub type SharedQueues = Arc<Mutex<Queues<oneshot::Sender<Outcome>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Proposes `shard`'s batches until its queue is empty: each batch as one
+/// `BatchPut` entry (a batch of one put as that put), its outcome sent to
+/// every caller in it. Runs as its own task, so a caller that gives up does
+/// not stop the proposals of the others.
+pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() -> u64) {
+    loop {
+        // The guard must not live across the awaits below.
+        let next = lock(&queues).next_batch(shard);
+        let Some(batch) = next else { return };
+        let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut pairs = Vec::new();
+        for p in batch {
+            pairs.extend(p.pairs);
+            replies.push(p.reply);
+        }
+        let command = match <[(Vec<u8>, Vec<u8>); 1]>::try_from(pairs) {
+            Ok([(key, value)]) => Command::Put { key, value },
+            Err(pairs) => Command::BatchPut { pairs },
+        };
+        let req = RaftRequest {
+            command,
+            session: None,
+            timestamp_ms: now_ms(),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = tokio::time::timeout(left, raft.client_write(req)).await.ok();
+        for reply in replies {
+            // A caller that gave up already answered DEADLINE_EXCEEDED.
+            let _ = reply.send(copy(&outcome));
+        }
+    }
+}
+
+fn copy(o: &Outcome) -> Outcome {
+    o.as_ref().map(|r| match r {
+        Ok(w) => Ok(ClientWriteResponse {
+            log_id: w.log_id,
+            data: w.data.clone(),
+            membership: w.membership.clone(),
+        }),
+        Err(e) => Err(e.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn put(n: u8, bytes: usize) -> Pending<u8> {
+        Pending {
+            pairs: vec![(vec![n], vec![0; bytes])],
+            bytes: 1 + bytes,
+            deadline: Instant::now() + Duration::from_secs(1),
+            reply: n,
+        }
+    }
+
+    #[test]
+    fn the_first_put_of_an_idle_shard_starts_a_drain_and_the_rest_wait_for_it() {
+        let mut q = Queues::new(Limits {
+            keys_max: 3,
+            bytes_max: 1000,
+        });
+        assert!(q.push(7, put(1, 10)).unwrap(), "idle shard: start a drain");
+        assert!(!q.push(7, put(2, 10)).unwrap(), "a drain runs");
+        assert!(q.push(8, put(9, 10)).unwrap(), "another shard is independent");
+        for n in 3..=5 {
+            assert!(!q.push(7, put(n, 10)).unwrap());
+        }
+        // The drain takes what waits, up to the key limit, in order.
+        let ids = |b: Vec<Pending<u8>>| b.into_iter().map(|p| p.reply).collect::<Vec<_>>();
+        assert_eq!(ids(q.next_batch(7).unwrap()), vec![1, 2, 3]);
+        assert_eq!(ids(q.next_batch(7).unwrap()), vec![4, 5]);
+        assert!(q.next_batch(7).is_none(), "empty: the drain ends");
+        assert!(q.push(7, put(6, 10)).unwrap(), "and the next put starts a new one");
+        assert_eq!(q.queued, 2);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_byte_limit_but_a_big_put_still_goes_alone() {
+        let mut q = Queues::new(Limits {
+            keys_max: 100,
+            bytes_max: 100,
+        });
+        assert!(q.push(1, put(1, 200)).unwrap());
+        q.push(1, put(2, 40)).unwrap();
+        q.push(1, put(3, 40)).unwrap();
+        q.push(1, put(4, 40)).unwrap();
+        let sizes = |b: Vec<Pending<u8>>| b.into_iter().map(|p| p.reply).collect::<Vec<_>>();
+        assert_eq!(sizes(q.next_batch(1).unwrap()), vec![1]);
+        assert_eq!(sizes(q.next_batch(1).unwrap()), vec![2, 3]);
+        assert_eq!(sizes(q.next_batch(1).unwrap()), vec![4]);
+        assert!(q.next_batch(1).is_none());
+        assert!(q.shards.is_empty() && q.queued == 0);
+    }
+
+    #[test]
+    fn a_full_node_hands_the_put_back() {
+        let mut q = Queues::new(Limits {
+            keys_max: 1,
+            bytes_max: 1,
+        });
+        for i in 0..QUEUED_PUTS_MAX {
+            q.push((i % 4) as u64, put(0, 0)).unwrap();
+        }
+        assert!(q.push(1, put(1, 0)).is_err());
+        q.next_batch(1).unwrap();
+        assert!(q.push(1, put(1, 0)).is_ok(), "room again");
+    }
+}
