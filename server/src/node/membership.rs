@@ -805,12 +805,12 @@ impl Node {
             t.insert(shard_id, to);
         }
         shard.raft.runtime_config().heartbeat(false);
+        // Undone however this future ends: the caller (an RPC handler) may
+        // be dropped mid hand-off when its deadline passes. A hand-off left
+        // registered would make this node refuse the shard's requests for
+        // as long as it leads it, with heartbeats off.
+        let _undo = HandOffUndo { node: self, shard };
         let res = self.hand_off(shard, to, &addr).await;
-        shard.raft.runtime_config().heartbeat(true);
-        self.transfers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&shard_id);
         match &res {
             Ok(()) => tracing::info!(shard = shard_id, to, "leadership handed off"),
             Err(e) => tracing::warn!(shard = shard_id, to, error = %e, "leadership hand-off failed"),
@@ -1135,5 +1135,23 @@ impl MembershipView {
                 .zip(r.matched_index.iter().copied())
                 .collect(),
         }
+    }
+}
+
+/// Ends a leadership hand-off started by `Node::transfer_leader`, when
+/// dropped: heartbeats back on, the hand-off unregistered.
+struct HandOffUndo<'a> {
+    node: &'a Node,
+    shard: &'a Shard,
+}
+
+impl Drop for HandOffUndo<'_> {
+    fn drop(&mut self) {
+        self.shard.raft.runtime_config().heartbeat(true);
+        self.node
+            .transfers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.shard.id);
     }
 }
