@@ -552,11 +552,9 @@ impl Node {
         pairs: proposals::Pairs,
         deadline: Instant,
     ) -> Result<proposals::Outcome, ServerError> {
-        let bytes = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pending = proposals::Pending {
             pairs,
-            bytes,
             deadline,
             reply: tx,
         };

@@ -63,9 +63,15 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Pending<T> {
     pub pairs: Pairs,
-    pub bytes: usize,
     pub deadline: Instant,
     pub reply: T,
+}
+
+impl<T> Pending<T> {
+    /// Its keys' and values' bytes, what the entry's byte bound counts.
+    fn bytes(&self) -> usize {
+        self.pairs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
 }
 
 #[derive(Debug)]
@@ -129,12 +135,12 @@ impl<T> Queues<T> {
         let (mut keys, mut bytes) = (0usize, 0usize);
         let mut batch = Vec::new();
         while let Some(next) = q.waiting.front() {
-            let fits = keys + next.pairs.len() <= self.limits.keys_max && bytes + next.bytes <= self.limits.bytes_max;
+            let fits = keys + next.pairs.len() <= self.limits.keys_max && bytes + next.bytes() <= self.limits.bytes_max;
             if !batch.is_empty() && !fits {
                 break;
             }
             keys += next.pairs.len();
-            bytes += next.bytes;
+            bytes += next.bytes();
             batch.extend(q.waiting.pop_front());
         }
         self.queued -= batch.len();
@@ -204,7 +210,6 @@ mod tests {
     fn put(n: u8, bytes: usize) -> Pending<u8> {
         Pending {
             pairs: vec![(vec![n], vec![0; bytes])],
-            bytes: 1 + bytes,
             deadline: Instant::now() + Duration::from_secs(1),
             reply: n,
         }
