@@ -30,6 +30,9 @@ use serde::Deserialize;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+/// Most smart-client instances one bench process runs.
+pub const CLIENT_INSTANCES_MAX: usize = 256;
+
 /// Per-request timeout of the network backends.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lock stripes serializing read-modify-write per key in `rocksdb-local`.
@@ -64,10 +67,13 @@ pub struct Local {
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
-/// A connection to the system under test; cheap to clone per task.
+/// A connection to the system under test; cheap to clone per task (see
+/// [`Backend::for_task`]).
 #[derive(Clone)]
 pub enum Backend {
-    Smart(Arc<ringkv_client::Client>),
+    /// One or more smart clients (`--client-instances`); a task uses one,
+    /// the first unless [`Backend::for_task`] picked another.
+    Smart(Arc<Vec<Arc<ringkv_client::Client>>>),
     Forward(KvClient<Channel>),
     /// Boxed: the etcd client is a few KiB.
     Etcd(Box<etcd_client::Client>),
@@ -84,12 +90,37 @@ impl Backend {
         dir: &Path,
         client_cfg: ringkv_client::Config,
     ) -> anyhow::Result<Self> {
+        Self::connect_instances(kind, endpoints, dir, client_cfg, 1).await
+    }
+
+    /// [`Backend::connect`] with `instances` independent smart clients
+    /// (`ringkv` only: each its own session, connections and coalescing),
+    /// as that many application processes would be.
+    pub async fn connect_instances(
+        kind: Kind,
+        endpoints: &[String],
+        dir: &Path,
+        client_cfg: ringkv_client::Config,
+        instances: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (1..=CLIENT_INSTANCES_MAX).contains(&instances),
+            "client instances must be 1..={CLIENT_INSTANCES_MAX}"
+        );
+        anyhow::ensure!(
+            instances == 1 || kind == Kind::Ringkv,
+            "several client instances only for the ringkv backend"
+        );
         Ok(match kind {
             Kind::Ringkv => {
-                let c = ringkv_client::Client::connect_with(endpoints, client_cfg)
-                    .await
-                    .context("connect ringkv")?;
-                Backend::Smart(Arc::new(c))
+                let mut clients = Vec::with_capacity(instances);
+                for _ in 0..instances {
+                    let c = ringkv_client::Client::connect_with(endpoints, client_cfg.clone())
+                        .await
+                        .context("connect ringkv")?;
+                    clients.push(Arc::new(c));
+                }
+                Backend::Smart(Arc::new(clients))
             }
             Kind::RingkvForward => {
                 let addr = endpoints.first().context("no endpoint")?;
@@ -122,7 +153,7 @@ impl Backend {
 
     pub async fn read(&mut self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
         match self {
-            Backend::Smart(c) => Ok(c.get(key).await?),
+            Backend::Smart(c) => Ok(c[0].get(key).await?),
             Backend::Forward(kv) => {
                 let r = kv
                     .get(GetRequest {
@@ -143,7 +174,7 @@ impl Backend {
 
     pub async fn write(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
         match self {
-            Backend::Smart(c) => c.put(key, value).await?,
+            Backend::Smart(c) => c[0].put(key, value).await?,
             Backend::Forward(kv) => {
                 kv.put(PutRequest {
                     header: None,
@@ -166,7 +197,7 @@ impl Backend {
     /// Sets `key` to `new` if it holds `expected`; returns whether it did.
     pub async fn compare_and_swap(&mut self, key: &[u8], expected: &[u8], new: &[u8]) -> anyhow::Result<bool> {
         match self {
-            Backend::Smart(c) => Ok(c.compare_and_swap(key, Some(expected), Some(new)).await?.succeeded),
+            Backend::Smart(c) => Ok(c[0].compare_and_swap(key, Some(expected), Some(new)).await?.succeeded),
             Backend::Forward(kv) => {
                 let r = kv
                     .compare_and_swap(CompareAndSwapRequest {
@@ -199,6 +230,15 @@ impl Backend {
                     .await?;
                 Ok(true)
             }
+        }
+    }
+
+    /// The connection task `t` of a run uses: with several smart clients,
+    /// task `t` gets client `t mod instances`.
+    pub fn for_task(&self, t: usize) -> Backend {
+        match self {
+            Backend::Smart(c) if c.len() > 1 => Backend::Smart(Arc::new(vec![c[t % c.len()].clone()])),
+            other => other.clone(),
         }
     }
 

@@ -60,6 +60,11 @@ enum Cmd {
         /// ringkv backend: the client's `put_batches_in_flight_per_shard`.
         #[arg(long)]
         put_batches_in_flight: Option<usize>,
+        /// ringkv backend: independent smart clients sharing the
+        /// concurrency (task t uses client t mod N), as N application
+        /// processes would; each has its own session and coalescing.
+        #[arg(long, default_value_t = 1)]
+        client_instances: usize,
         /// ringkv backend: the client's `get_batch_keys_max` (1 = no get
         /// coalescing).
         #[arg(long)]
@@ -136,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             out,
             put_batch_keys_max,
             put_batches_in_flight,
+            client_instances,
             get_batch_keys_max,
             get_batches_in_flight,
             metrics,
@@ -163,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = get_batches_in_flight {
                 client_cfg.get_batches_in_flight_per_shard = n;
             }
-            let b = Backend::connect(backend, &endpoints, &data_dir, client_cfg).await?;
+            let b = Backend::connect_instances(backend, &endpoints, &data_dir, client_cfg, client_instances).await?;
             if load {
                 eprintln!("loading {} records into {}", cfg.records, backend.name());
                 runner::load(&b, cfg.records, cfg.value_bytes, cfg.concurrency).await?;

@@ -169,8 +169,8 @@ fn op_name(op: Op) -> &'static str {
 pub async fn load(backend: &Backend, records: u64, value_bytes: usize, concurrency: usize) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1) {
-        let mut b = backend.clone();
+    for t in 0..concurrency.max(1) {
+        let mut b = backend.for_task(t);
         let next = next.clone();
         let value = vec![b'x'; value_bytes];
         tasks.push(tokio::spawn(async move {
@@ -254,7 +254,7 @@ pub async fn run(backend: &Backend, name: &str, cfg: RunConfig, probe: Option<Pr
     let tick = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..cfg.concurrency {
-        let mut b = backend.clone();
+        let mut b = backend.for_task(t);
         let cfg = cfg.clone();
         let (chooser, latest_z, inserted, tick) = (chooser.clone(), latest_z.clone(), inserted.clone(), tick.clone());
         tasks.push(tokio::spawn(async move {

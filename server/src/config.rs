@@ -197,6 +197,11 @@ pub struct LimitsConfig {
 pub struct SessionConfig {
     /// A client idle for longer (by log timestamps) loses its session entry.
     pub ttl_ms: u64,
+    /// A shard leader merges concurrent puts of different sessions (many
+    /// smart clients) into one Raft entry of several parts. Turn it off
+    /// while nodes of a release without such entries (before 2026-12-07)
+    /// are still in the cluster: they cannot read them.
+    pub merge_puts: bool,
 }
 
 /// TLS for every connection of the node's gRPC port: clients, operators and
@@ -353,7 +358,10 @@ impl Default for LimitsConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self { ttl_ms: 10 * 60 * 1000 }
+        Self {
+            ttl_ms: 10 * 60 * 1000,
+            merge_puts: true,
+        }
     }
 }
 

@@ -487,9 +487,9 @@ impl Node {
                 "write to shard {shard_id} not committed before the deadline; outcome unknown, retry with the same client id and sequence"
             ))
         };
-        let res = match mergeable(shard_id, session, command) {
+        let res = match mergeable(shard_id, session, command, self.cfg.sessions.merge_puts) {
             Ok(pairs) => self
-                .propose_merged(&shard, pairs, deadline)
+                .propose_merged(&shard, pairs, session, deadline)
                 .await?
                 .ok_or_else(deadline_exceeded)?,
             Err(command) => {
@@ -542,19 +542,21 @@ impl Node {
         }
     }
 
-    /// Queues sessionless puts to share the shard's next Raft entry with the
-    /// others waiting (see `proposals`) and waits for that entry's outcome
-    /// (`None`: the deadline passed first, outcome unknown). With every
-    /// queue full the puts are proposed alone.
+    /// Queues puts to share the shard's next Raft entry with the others
+    /// waiting (see `proposals`) and waits for that entry's outcome, this
+    /// caller's part of it (`None`: the deadline passed first, outcome
+    /// unknown). With every queue full the puts are proposed alone.
     async fn propose_merged(
         &self,
         shard: &Arc<Shard>,
         pairs: proposals::Pairs,
+        session: Option<SessionId>,
         deadline: Instant,
     ) -> Result<proposals::Outcome, ServerError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let pending = proposals::Pending {
             pairs,
+            session,
             deadline,
             reply: tx,
         };
@@ -585,8 +587,8 @@ impl Node {
             }
             Err(alone) => {
                 let req = RaftRequest {
-                    command: Command::BatchPut { pairs: alone.pairs },
-                    session: None,
+                    command: proposals::command_of(alone.pairs),
+                    session: alone.session,
                     timestamp_ms: now_ms(),
                 };
                 Ok(tokio::time::timeout(left, shard.raft.client_write(req)).await.ok())
@@ -991,12 +993,16 @@ fn read_admin_token(path: &std::path::Path) -> Result<Option<String>, NodeError>
     Ok(Some(token))
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
 /// The pairs of a put that may share a Raft entry with others: a `Put` or
-/// `BatchPut` to a data shard without a session (an exactly-once record is
-/// one per entry). Anything else is handed back.
-fn mergeable(shard_id: u64, session: Option<SessionId>, command: Command) -> Result<proposals::Pairs, Command> {
-    if session.is_some() || shard_id == META_SHARD_ID {
+/// `BatchPut` to a data shard, without a session or, when `sessions` (the
+/// `sessions.merge_puts` setting), with one. Anything else is handed back.
+fn mergeable(
+    shard_id: u64,
+    session: Option<SessionId>,
+    command: Command,
+    sessions: bool,
+) -> Result<proposals::Pairs, Command> {
+    if (session.is_some() && !sessions) || shard_id == META_SHARD_ID {
         return Err(command);
     }
     match command {
@@ -1006,6 +1012,7 @@ fn mergeable(shard_id: u64, session: Option<SessionId>, command: Command) -> Res
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

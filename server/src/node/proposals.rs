@@ -1,20 +1,22 @@
-//! Proposal coalescing on a shard leader: concurrent puts without a session
-//! (`Put` and `BatchPut` from callers that do not ask for exactly-once, such
-//! as plain gRPC clients and requests forwarded for them) to one shard are
-//! proposed together as one `BatchPut` entry.
+//! Proposal coalescing on a shard leader: concurrent puts (`Put` and
+//! `BatchPut`) to one shard are proposed together as one Raft entry.
+//! Without a session (plain gRPC clients, requests forwarded for them) they
+//! become one `BatchPut`; when any of them carries a session (every smart
+//! client's coalesced batch) they become one `Multi` entry, each part
+//! applied with its own exactly-once session.
 //!
 //! Why: openraft 0.9 appends, syncs and replicates every `client_write` on
 //! its own, and its core waits for each append's WAL sync before it takes
-//! the next, so N concurrent single puts to a shard cost N leader syncs in a
-//! row. Merged, the puts that queued while one entry was in flight share the
-//! next entry. The smart client already sends one coalesced batch per shard
-//! at a time; this does the same for everyone else.
+//! the next, so N concurrent writes to a shard cost N leader syncs in a
+//! row. Merged, the writes that queued while one entry was in flight share
+//! the next entry. One smart client already sends one coalesced batch per
+//! shard at a time; this merges the batches of many clients, and the single
+//! puts of everyone else.
 //!
 //! Owns the queues and the decision of what leaves together ([`Queues`], no
-//! I/O), and the task that proposes a shard's batches ([`drain`]). Writes
-//! with a session are never merged: their exactly-once record is one per
-//! entry. Does not map results to errors: each caller does that, as for an
-//! entry of its own.
+//! I/O), and the task that proposes a shard's batches ([`drain`]). Does not
+//! map results to errors: each caller does that with its own part's
+//! response, as for an entry of its own.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -29,8 +31,11 @@ use tokio::sync::oneshot;
 
 use crate::raft::types::Command;
 use crate::raft::types::NodeId;
+use crate::raft::types::Part;
 use crate::raft::types::Raft;
 use crate::raft::types::RaftRequest;
+use crate::raft::types::RaftResponse;
+use crate::raft::types::SessionId;
 use crate::raft::types::TypeConfig;
 
 /// Most puts waiting in all queues of a node together; a put arriving at a
@@ -59,10 +64,12 @@ pub struct Limits {
     pub bytes_max: usize,
 }
 
-/// One waiting put (or sessionless batch of puts).
+/// One waiting put or batch of puts: one caller's request.
 #[derive(Debug)]
 pub struct Pending<T> {
     pub pairs: Pairs,
+    /// The caller's exactly-once identity, if it sent one.
+    pub session: Option<SessionId>,
     pub deadline: Instant,
     pub reply: T,
 }
@@ -156,38 +163,95 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Proposes `shard`'s batches until its queue is empty: each batch as one
-/// `BatchPut` entry (a batch of one put as that put), its outcome sent to
-/// every caller in it. Runs as its own task, so a caller that gives up does
-/// not stop the proposals of the others.
+/// Proposes `shard`'s batches until its queue is empty, each as one entry
+/// ([`entry_of`]), and sends every caller its outcome. Runs as its own
+/// task, so a caller that gives up does not stop the proposals of the
+/// others.
 pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() -> u64) {
     loop {
         // The guard must not live across the awaits below.
         let next = lock(&queues).next_batch(shard);
         let Some(batch) = next else { return };
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
-        let mut replies = Vec::with_capacity(batch.len());
+        let (command, session, replies) = entry_of(batch);
+        let multi = matches!(command, Command::Multi { .. });
+        let req = RaftRequest {
+            command,
+            session,
+            timestamp_ms: now_ms(),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let outcome = tokio::time::timeout(left, raft.client_write(req)).await.ok();
+        let n = replies.len();
+        for (i, reply) in replies.into_iter().enumerate() {
+            // A caller that gave up already answered DEADLINE_EXCEEDED.
+            let _ = reply.send(if multi { part_of(&outcome, i, n) } else { copy(&outcome) });
+        }
+    }
+}
+
+/// The entry a batch becomes (its command and session), and its callers'
+/// replies in the same order: a lone request as itself; a `Put` or
+/// `BatchPut` when no put has a session; else a `Multi` of one part per
+/// caller.
+pub fn entry_of<T>(mut batch: Vec<Pending<T>>) -> (Command, Option<SessionId>, Vec<T>) {
+    assert!(!batch.is_empty());
+    let mut replies = Vec::with_capacity(batch.len());
+    if batch.len() == 1 {
+        if let Some(p) = batch.pop() {
+            replies.push(p.reply);
+            return (command_of(p.pairs), p.session, replies);
+        }
+    }
+    if batch.iter().all(|p| p.session.is_none()) {
         let mut pairs = Vec::new();
         for p in batch {
             pairs.extend(p.pairs);
             replies.push(p.reply);
         }
-        let command = match <[(Vec<u8>, Vec<u8>); 1]>::try_from(pairs) {
-            Ok([(key, value)]) => Command::Put { key, value },
-            Err(pairs) => Command::BatchPut { pairs },
-        };
-        let req = RaftRequest {
-            command,
-            session: None,
-            timestamp_ms: now_ms(),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let outcome = tokio::time::timeout(left, raft.client_write(req)).await.ok();
-        for reply in replies {
-            // A caller that gave up already answered DEADLINE_EXCEEDED.
-            let _ = reply.send(copy(&outcome));
-        }
+        return (command_of(pairs), None, replies);
     }
+    let mut parts = Vec::with_capacity(batch.len());
+    for p in batch {
+        parts.push(Part {
+            command: command_of(p.pairs),
+            session: p.session,
+        });
+        replies.push(p.reply);
+    }
+    (Command::Multi { parts }, None, replies)
+}
+
+/// One pair as a `Put`, several as a `BatchPut`.
+pub fn command_of(pairs: Pairs) -> Command {
+    match <[(Vec<u8>, Vec<u8>); 1]>::try_from(pairs) {
+        Ok([(key, value)]) => Command::Put { key, value },
+        Err(pairs) => Command::BatchPut { pairs },
+    }
+}
+
+/// Caller `i`'s outcome of a `Multi` entry of `n` parts: the entry's, with
+/// its own part's response as the data.
+fn part_of(o: &Outcome, i: usize, n: usize) -> Outcome {
+    o.as_ref().map(|r| match r {
+        Ok(w) => {
+            let data = match &w.data {
+                RaftResponse::Multi { responses } => {
+                    assert_eq!(responses.len(), n, "one response per part of a merged entry");
+                    responses[i].clone()
+                }
+                // The whole entry refused (sent to a group that takes no
+                // merged entries): every part has that answer.
+                other => other.clone(),
+            };
+            Ok(ClientWriteResponse {
+                log_id: w.log_id,
+                data,
+                membership: w.membership.clone(),
+            })
+        }
+        Err(e) => Err(e.clone()),
+    })
 }
 
 fn copy(o: &Outcome) -> Outcome {
@@ -210,6 +274,7 @@ mod tests {
     fn put(n: u8, bytes: usize) -> Pending<u8> {
         Pending {
             pairs: vec![(vec![n], vec![0; bytes])],
+            session: None,
             deadline: Instant::now() + Duration::from_secs(1),
             reply: n,
         }
@@ -252,6 +317,43 @@ mod tests {
         assert_eq!(sizes(q.next_batch(1).unwrap()), vec![4]);
         assert!(q.next_batch(1).is_none());
         assert!(q.shards.is_empty() && q.queued == 0);
+    }
+
+    fn session(id: u8) -> Option<SessionId> {
+        Some(SessionId {
+            client_id: [id; 16],
+            sequence: 1,
+            first_incomplete: 0,
+        })
+    }
+
+    #[test]
+    fn a_batch_becomes_one_entry_shaped_by_its_sessions() {
+        let with = |n: u8, s: Option<SessionId>| Pending {
+            session: s,
+            ..put(n, 1)
+        };
+        // Alone: the request itself, with its session.
+        let (cmd, s, replies) = entry_of(vec![with(1, session(7))]);
+        assert!(matches!(cmd, Command::Put { .. }));
+        assert_eq!((s, replies), (session(7), vec![1]));
+        // No sessions: one BatchPut of every pair, in order.
+        let (cmd, s, replies) = entry_of(vec![put(1, 1), put(2, 1)]);
+        let Command::BatchPut { pairs } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(pairs.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!((s, replies), (None, vec![1, 2]));
+        // Any session: one part per caller, each with its own session.
+        let (cmd, s, replies) = entry_of(vec![with(1, session(7)), put(2, 1), with(3, session(8))]);
+        let Command::Multi { parts } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            parts.iter().map(|p| p.session).collect::<Vec<_>>(),
+            vec![session(7), None, session(8)]
+        );
+        assert_eq!((s, replies), (None, vec![1, 2, 3]));
     }
 
     #[test]

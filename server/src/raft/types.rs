@@ -87,6 +87,22 @@ pub enum Command {
         expected_epoch: u64,
         layout: ClusterLayout,
     },
+    /// Data shards: puts of several callers that a shard leader proposed as
+    /// one entry (`node::proposals`), each applied in order as if it were an
+    /// entry of its own, with its own session. Only `Put` and `BatchPut`
+    /// parts are valid; the response is [`RaftResponse::Multi`], one per
+    /// part. Added after the first release: appended last, so that older
+    /// entries keep their encoding.
+    Multi {
+        parts: Vec<Part>,
+    },
+}
+
+/// One caller's request inside a [`Command::Multi`] entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub command: Command,
+    pub session: Option<SessionId>,
 }
 
 /// The result of applying a [`RaftRequest`].
@@ -116,6 +132,10 @@ pub enum RaftResponse {
     Layout {
         applied: bool,
         epoch: u64,
+    },
+    /// A [`Command::Multi`]'s responses, one per part, in order.
+    Multi {
+        responses: Vec<RaftResponse>,
     },
 }
 

@@ -444,7 +444,10 @@ impl ShardStateMachine {
                     vec![key.clone()]
                 }
                 Command::BatchPut { pairs } => pairs.iter().map(|(k, _)| k.clone()).collect(),
-                Command::InitCluster(_) | Command::UpdateLayout { .. } | Command::Split { .. } => vec![],
+                Command::InitCluster(_)
+                | Command::UpdateLayout { .. }
+                | Command::Split { .. }
+                | Command::Multi { .. } => vec![],
             }
         };
         if let Some(k) = keys_of(cmd).iter().find(|k| !self.owns(overlay, k)) {
@@ -492,10 +495,16 @@ impl ShardStateMachine {
             Command::InitCluster(_) | Command::UpdateLayout { .. } => RaftResponse::Rejected {
                 reason: "cluster layout sent to a data shard".into(),
             },
+            // `apply_request` takes a merged entry apart; one inside another
+            // is not valid.
+            Command::Multi { .. } => RaftResponse::Rejected {
+                reason: "a merged entry inside a merged entry".into(),
+            },
         })
     }
 
-    /// Applies a request with exactly-once session handling.
+    /// Applies a request with exactly-once session handling; a `Multi`
+    /// part by part, each with its own session.
     fn apply_request(
         &self,
         batch: &mut rocksdb::WriteBatch,
@@ -503,13 +512,46 @@ impl ShardStateMachine {
         req: &RaftRequest,
         clock_ms: u64,
     ) -> Result<RaftResponse, StorageError> {
+        let Command::Multi { parts } = &req.command else {
+            return self.apply_with_session(batch, overlay, &req.command, req.session, clock_ms);
+        };
+        if req.session.is_some() || self.shard == META_SHARD_ID {
+            return Ok(RaftResponse::Rejected {
+                reason: "a merged entry carries its sessions in its parts, and only on data shards".into(),
+            });
+        }
+        let mut responses = Vec::with_capacity(parts.len());
+        for part in parts {
+            let response = match &part.command {
+                Command::Put { .. } | Command::BatchPut { .. } => {
+                    self.apply_with_session(batch, overlay, &part.command, part.session, clock_ms)?
+                }
+                _ => RaftResponse::Rejected {
+                    reason: "only puts may share a merged entry".into(),
+                },
+            };
+            responses.push(response);
+        }
+        debug_assert_eq!(responses.len(), parts.len());
+        Ok(RaftResponse::Multi { responses })
+    }
+
+    /// Applies one command with exactly-once session handling.
+    fn apply_with_session(
+        &self,
+        batch: &mut rocksdb::WriteBatch,
+        overlay: &mut Overlay,
+        command: &Command,
+        session: Option<SessionId>,
+        clock_ms: u64,
+    ) -> Result<RaftResponse, StorageError> {
         let Some(SessionId {
             client_id,
             sequence,
             first_incomplete,
-        }) = req.session
+        }) = session
         else {
-            return self.execute(batch, overlay, &req.command);
+            return self.execute(batch, overlay, command);
         };
         assert!(sequence > 0, "validated at the edge");
         // 0 = one write in flight: everything before this one is complete.
@@ -536,7 +578,7 @@ impl ShardStateMachine {
         if let Some(r) = rec.responses.get(&sequence) {
             return Ok(r.clone());
         }
-        let response = self.execute(batch, overlay, &req.command)?;
+        let response = self.execute(batch, overlay, command)?;
         if matches!(response, RaftResponse::Rejected { .. }) {
             // Nothing was applied, so there is nothing to answer a retry
             // with: the client re-routes the rejected keys after a split
@@ -1620,6 +1662,72 @@ mod tests {
             .await;
         assert_eq!(late[0], RaftResponse::Done);
         assert_eq!(f.value("k"), Some(b"late".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_merged_entry_applies_each_part_with_its_own_session() {
+        let mut f = fixture(whole_ring());
+        let part = |command, session: Option<(u8, u64)>| crate::raft::types::Part {
+            command,
+            session: req(Command::BatchPut { pairs: vec![] }, session, 0).session,
+        };
+        // Client 1's sequence 1 was applied on its own before.
+        let earlier = f.apply(vec![req(put("a", "1"), Some((1, 1)), 10)]).await;
+        assert_eq!(earlier[0], RaftResponse::Done);
+        let multi = Command::Multi {
+            parts: vec![
+                // A retry of it: answered from the session, not applied.
+                part(put("a", "retried"), Some((1, 1))),
+                part(put("b", "2"), Some((2, 1))),
+                part(
+                    Command::BatchPut {
+                        pairs: vec![(b"c".to_vec(), b"3".to_vec()), (b"d".to_vec(), b"4".to_vec())],
+                    },
+                    None,
+                ),
+                // Only puts may be merged; the others still apply.
+                part(cas("b", None, Some("x")), Some((3, 1))),
+                // Client 2 again, in the same entry: its own next sequence.
+                part(put("b", "5"), Some((2, 2))),
+            ],
+        };
+        let out = f.apply(vec![req(multi.clone(), None, 20)]).await;
+        let RaftResponse::Multi { responses } = &out[0] else {
+            panic!("a merged entry answers part by part: {out:?}");
+        };
+        assert_eq!(responses.len(), 5);
+        assert_eq!(
+            responses[..3],
+            [RaftResponse::Done, RaftResponse::Done, RaftResponse::Done]
+        );
+        assert!(
+            matches!(responses[3], RaftResponse::Rejected { .. }),
+            "{:?}",
+            responses[3]
+        );
+        assert_eq!(responses[4], RaftResponse::Done);
+        assert_eq!(f.value("a"), Some(b"1".to_vec()));
+        assert_eq!(f.value("b"), Some(b"5".to_vec()));
+        assert_eq!(f.value("d"), Some(b"4".to_vec()));
+        // The same entry applied again (every caller retried, merged once
+        // more): no sessioned part is applied twice. Client 2's sequence 1
+        // is older than its session's floor now (sequence 2 said 1 was
+        // complete), so it is refused as stale.
+        f.apply(vec![req(put("b", "6"), Some((9, 1)), 30)]).await;
+        let again = f.apply(vec![req(multi, None, 40)]).await;
+        let RaftResponse::Multi { responses: again } = &again[0] else {
+            panic!("{again:?}");
+        };
+        assert_eq!(again[0], RaftResponse::Done);
+        assert_eq!(again[1], RaftResponse::StaleSequence { last_sequence: 2 });
+        assert_eq!(again[4], RaftResponse::Done);
+        assert_eq!(f.value("a"), Some(b"1".to_vec()), "client 1's retry was applied");
+        assert_eq!(f.value("b"), Some(b"6".to_vec()), "client 2's parts were applied twice");
+        // A merged entry with a session of its own is not valid.
+        let bad = f
+            .apply(vec![req(Command::Multi { parts: vec![] }, Some((4, 1)), 50)])
+            .await;
+        assert!(matches!(bad[0], RaftResponse::Rejected { .. }), "{bad:?}");
     }
 
     fn windowed(id: u8, sequence: u64, first_incomplete: u64) -> Option<SessionId> {
