@@ -29,17 +29,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sessionless_puts_share_entries_and_all_land() {
     let seed = common::seed(55);
-    let c = Cluster::start(Opts {
-        shards: SHARDS,
-        ..Opts::default()
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let warm = common::key_in_shard(&format!("t55-{seed}-warm"), SHARD, SHARDS);
-    c.put_retry(&warm, b"warm", deadline).await.expect("first put");
-    let leader = c.leader_of(SHARD).await.expect("shard leader");
-    let via = c.nodes.keys().copied().find(|&id| id != leader).expect("a follower");
-    let before = c.applied_on(leader, SHARD).await.expect("applied index");
+    let (c, leader, via, before) = start(seed).await;
 
     let key = |i: usize| common::key_in_shard(&format!("t55-{seed}-{i}"), SHARD, SHARDS);
     let value = |i: usize| format!("t55-value-{i}-{seed}").into_bytes();
@@ -72,8 +62,37 @@ async fn concurrent_sessionless_puts_share_entries_and_all_land() {
         "seed {seed}: {PUTS} concurrent sessionless puts took {entries} Raft entries: none were merged"
     );
 
-    // Every acknowledged put is there with its own value (linearizable
-    // reads through the third node).
+    // Every acknowledged put is there with its own value.
+    check_values(&c, via, seed, key, value).await;
+}
+
+/// A cluster with `SHARDS` shards whose shard `SHARD` took a first put;
+/// returns it, the shard's leader, another node, and the leader's applied
+/// index.
+async fn start(seed: u64) -> (Cluster, u64, u64, u64) {
+    let c = Cluster::start(Opts {
+        shards: SHARDS,
+        ..Opts::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let warm = common::key_in_shard(&format!("t55-{seed}-warm"), SHARD, SHARDS);
+    c.put_retry(&warm, b"warm", deadline).await.expect("first put");
+    let leader = c.leader_of(SHARD).await.expect("shard leader");
+    let via = c.nodes.keys().copied().find(|&id| id != leader).expect("a follower");
+    let before = c.applied_on(leader, SHARD).await.expect("applied index");
+    (c, leader, via, before)
+}
+
+/// Reads every put's key back linearizably through a node other than
+/// `via` and checks it holds `value(i)`.
+async fn check_values(
+    c: &Cluster,
+    via: u64,
+    seed: u64,
+    key: impl Fn(usize) -> Vec<u8>,
+    value: impl Fn(usize) -> Vec<u8>,
+) {
     let reader = c.nodes.keys().copied().find(|&id| id != via).expect("another node");
     let mut kv = c.kv(reader).await.expect("kv");
     for i in 0..PUTS {
@@ -84,7 +103,11 @@ async fn concurrent_sessionless_puts_share_entries_and_all_land() {
         req.set_timeout(REQUEST_TIMEOUT);
         let r = kv.get(req).await.expect("get").into_inner();
         assert!(r.found, "seed {seed}: acknowledged put {i} is missing");
-        assert_eq!(r.value, value(i), "seed {seed}: put {i} has another put's value");
+        assert_eq!(
+            r.value,
+            value(i),
+            "seed {seed}: put {i} has another put's value, or was applied again by its retry"
+        );
     }
 }
 
@@ -99,17 +122,7 @@ fn client_id(seed: u64, i: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_puts_of_many_sessions_share_entries_exactly_once() {
     let seed = common::seed(56);
-    let c = Cluster::start(Opts {
-        shards: SHARDS,
-        ..Opts::default()
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let warm = common::key_in_shard(&format!("t55s-{seed}-warm"), SHARD, SHARDS);
-    c.put_retry(&warm, b"warm", deadline).await.expect("first put");
-    let leader = c.leader_of(SHARD).await.expect("shard leader");
-    let via = c.nodes.keys().copied().find(|&id| id != leader).expect("a follower");
-    let before = c.applied_on(leader, SHARD).await.expect("applied index");
+    let (c, leader, via, before) = start(seed).await;
 
     let key = |i: usize| common::key_in_shard(&format!("t55s-{seed}-{i}"), SHARD, SHARDS);
     let value = |i: usize, attempt: u8| format!("t55s-value-{i}-{attempt}-{seed}").into_bytes();
@@ -153,20 +166,5 @@ async fn concurrent_puts_of_many_sessions_share_entries_exactly_once() {
         let r = p.await.expect("retry task");
         assert!(r.is_ok(), "seed {seed}: retry of put {i} failed: {r:?}");
     }
-    let reader = c.nodes.keys().copied().find(|&id| id != via).expect("another node");
-    let mut kv = c.kv(reader).await.expect("kv");
-    for i in 0..PUTS {
-        let mut req = tonic::Request::new(GetRequest {
-            header: None,
-            key: key(i),
-        });
-        req.set_timeout(REQUEST_TIMEOUT);
-        let r = kv.get(req).await.expect("get").into_inner();
-        assert!(r.found, "seed {seed}: acknowledged put {i} is missing");
-        assert_eq!(
-            r.value,
-            value(i, 0),
-            "seed {seed}: put {i} was applied again by its retry, or has another put's value"
-        );
-    }
+    check_values(&c, via, seed, key, |i| value(i, 0)).await;
 }
