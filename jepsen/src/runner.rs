@@ -278,6 +278,21 @@ async fn read_hinted(kv: &mut KvClient<Channel>, key: &str, hint: &mut Option<St
     }
 }
 
+/// Half of the plain writes carry the worker's exactly-once session (the
+/// next sequence), half none: shard leaders merge concurrent writes of
+/// both kinds into shared entries, and both must keep their guarantees.
+fn maybe_session(rng: &mut StdRng, client_id: &[u8; 16], sequence: &mut u64) -> Option<RequestHeader> {
+    if !rng.gen_bool(0.5) {
+        return None;
+    }
+    *sequence += 1;
+    Some(RequestHeader {
+        client_id: client_id.to_vec(),
+        sequence: *sequence,
+        ..RequestHeader::default()
+    })
+}
+
 async fn write(kv: &mut KvClient<Channel>, key: &str, v: i64, header: Option<RequestHeader>) -> Done {
     let r = with_timeout(kv.put(req(PutRequest {
         header,
@@ -405,8 +420,9 @@ async fn worker(
                     }
                     4..=7 => {
                         let v = next_value.fetch_add(1, Ordering::Relaxed) as i64;
+                        let header = maybe_session(&mut rng, &client_id, &mut sequence);
                         rec.record(EventType::Invoke, F::Write, Some(key.clone()), Value::from(v), p, None);
-                        (F::Write, key.clone(), Value::from(v), write(kv, &key, v, None).await)
+                        (F::Write, key.clone(), Value::from(v), write(kv, &key, v, header).await)
                     }
                     _ => {
                         let expected = match last_seen.get(&key) {
@@ -423,8 +439,9 @@ async fn worker(
             Workload::Set => {
                 let e = next_value.fetch_add(1, Ordering::Relaxed) as i64;
                 let key = format!("s/{e:012}");
+                let header = maybe_session(&mut rng, &client_id, &mut sequence);
                 rec.record(EventType::Invoke, F::Add, Some("s".into()), Value::from(e), p, None);
-                (F::Add, "s".into(), Value::from(e), write(kv, &key, e, None).await)
+                (F::Add, "s".into(), Value::from(e), write(kv, &key, e, header).await)
             }
             Workload::Counter => {
                 if rng.gen_range(0..4) == 0 {

@@ -72,6 +72,7 @@ async fn concurrent_sessionless_puts_share_entries_and_all_land() {
 async fn start(seed: u64) -> (Cluster, u64, u64, u64) {
     let c = Cluster::start(Opts {
         shards: SHARDS,
+        status_ports: true,
         ..Opts::default()
     })
     .await;
@@ -156,6 +157,13 @@ async fn concurrent_puts_of_many_sessions_share_entries_exactly_once() {
     assert!(
         entries < PUTS as u64,
         "seed {seed}: {PUTS} concurrent puts with sessions took {entries} Raft entries: none were merged"
+    );
+    // The leader's metrics say so too.
+    let status = c.nodes[&leader].status_addr.clone().expect("status port");
+    let merged = common::metric(&status, "ringkv_merged_requests_total").expect("merged requests metric");
+    assert!(
+        merged >= 2.0,
+        "seed {seed}: the leader reports {merged} merged requests"
     );
 
     // The same sequences again, concurrently and with other values, as a

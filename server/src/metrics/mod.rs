@@ -217,6 +217,21 @@ pub fn render(node: &Node) -> String {
         &node_label,
         node.stats.client_writes.load(Ordering::Relaxed),
     );
+    let (merged_entries, merged_requests) = node.proposals.lock().unwrap_or_else(|p| p.into_inner()).merged();
+    family(
+        &mut out,
+        "ringkv_merged_entries_total",
+        "counter",
+        "Raft entries a local leader proposed for more than one request (merged puts).",
+    );
+    sample(&mut out, "ringkv_merged_entries_total", &node_label, merged_entries);
+    family(
+        &mut out,
+        "ringkv_merged_requests_total",
+        "counter",
+        "Requests that rode in those merged entries.",
+    );
+    sample(&mut out, "ringkv_merged_requests_total", &node_label, merged_requests);
     family(
         &mut out,
         "ringkv_forwarded_requests_total",

@@ -156,7 +156,7 @@ pub struct Node {
     /// listed, the shard takes no new requests here (see `transfer_leader`).
     transfers: std::sync::Mutex<BTreeMap<u64, u64>>,
     /// Sessionless puts waiting to share a Raft entry (see `proposals`).
-    proposals: proposals::SharedQueues,
+    pub proposals: proposals::SharedQueues,
 }
 
 /// How a node came up.

@@ -93,6 +93,9 @@ pub struct Queues<T> {
     limits: Limits,
     shards: HashMap<u64, ShardQueue<T>>,
     queued: usize,
+    /// Entries proposed for more than one request, and those requests.
+    merged_entries: u64,
+    merged_requests: u64,
 }
 
 impl<T> Queues<T> {
@@ -102,7 +105,15 @@ impl<T> Queues<T> {
             limits,
             shards: HashMap::new(),
             queued: 0,
+            merged_entries: 0,
+            merged_requests: 0,
         }
+    }
+
+    /// Entries that carried more than one request so far, and how many
+    /// requests those carried.
+    pub fn merged(&self) -> (u64, u64) {
+        (self.merged_entries, self.merged_requests)
     }
 
     /// Queues `p` under `shard`. `Ok(true)`: the shard has a free slot and
@@ -152,6 +163,10 @@ impl<T> Queues<T> {
         }
         self.queued -= batch.len();
         assert!(!batch.is_empty());
+        if batch.len() > 1 {
+            self.merged_entries += 1;
+            self.merged_requests += batch.len() as u64;
+        }
         Some(batch)
     }
 }
@@ -297,6 +312,7 @@ mod tests {
         assert_eq!(ids(q.next_batch(7).unwrap()), vec![1, 2, 3]);
         assert_eq!(ids(q.next_batch(7).unwrap()), vec![4, 5]);
         assert!(q.next_batch(7).is_none(), "empty: the drain ends");
+        assert_eq!(q.merged(), (2, 5));
         assert!(q.push(7, put(6, 10)).unwrap(), "and the next put starts a new one");
         assert_eq!(q.queued, 2);
     }
