@@ -46,6 +46,19 @@ pub const KV_READ_WAITS_FOR_REMOVAL_MS_MAX: u64 = 120_000;
 pub const PLACEMENT_SPLIT_DONE_LATE: &str = "placement.split_done_late";
 pub const PLACEMENT_SPLIT_DONE_LATE_MS: u64 = 3_000;
 
+/// Pauses a node for [`NODE_ADOPT_MOVE_SLOW_MS`] while it adopts a layout
+/// with a replica move in it: after it records and routes with the layout,
+/// before it opens or deletes replicas to match it. Tests drop the RPC that
+/// made the change meanwhile.
+pub const NODE_ADOPT_MOVE_SLOW: &str = "node.adopt_move_slow";
+pub const NODE_ADOPT_MOVE_SLOW_MS: u64 = 3_000;
+
+/// Delays a metadata member's background adoption of a layout with a
+/// replica move in it (from its local metadata replica) by
+/// [`NODE_ADOPT_MOVE_SLOW_MS`], so that the RPC that made the change
+/// adopts it first.
+pub const NODE_SYNC_MOVE_LATE: &str = "node.sync_move_late";
+
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
     TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))

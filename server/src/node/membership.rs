@@ -32,6 +32,7 @@ use super::NodeError;
 use super::Shard;
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::failpoint;
 use crate::placement::MembershipView;
 use crate::placement::PlacementError;
 use crate::raft::lease::Lease;
@@ -374,11 +375,22 @@ impl Node {
     }
 
     /// Adopts `layout` if it is newer than the current one: records it,
-    /// routes with it, and opens or deletes replicas to match it.
+    /// routes with it, and opens or deletes replicas to match it. Runs to
+    /// the end in a task of its own even when the caller is dropped (an
+    /// admin RPC whose client gave up, on the metadata leader): once the
+    /// node routes with a layout, adopting the same epoch again is a no-op,
+    /// so replicas left unreconciled would stay so until the next change.
     pub async fn adopt_layout(self: &Arc<Self>, layout: ClusterLayout) -> Result<(), ServerError> {
         if layout.epoch <= self.epoch() {
             return Ok(());
         }
+        let node = self.clone();
+        tokio::spawn(async move { node.adopt_layout_to_the_end(layout).await })
+            .await
+            .map_err(|e| ServerError::Internal(format!("adopting a layout: {e}")))?
+    }
+
+    async fn adopt_layout_to_the_end(self: &Arc<Self>, layout: ClusterLayout) -> Result<(), ServerError> {
         if let Err(e) = layout.check() {
             return Err(ServerError::Internal(format!("refusing an inconsistent layout: {e}")));
         }
@@ -395,8 +407,12 @@ impl Node {
             .write(vec![WriteOp::Put(Cf::Meta, record_key.to_vec(), encode(&rec))])
             .await?;
         let epoch = layout.epoch;
+        let moving = !layout.ops.is_empty();
         self.layout.send_replace(Arc::new(layout));
         tracing::info!(epoch, "adopted a new cluster layout");
+        if moving && failpoint::fire(failpoint::NODE_ADOPT_MOVE_SLOW) {
+            tokio::time::sleep(Duration::from_millis(failpoint::NODE_ADOPT_MOVE_SLOW_MS)).await;
+        }
         self.reconcile_locked().await
     }
 
@@ -1041,6 +1057,9 @@ pub(super) async fn sync_layout(node: Arc<Node>) {
         loop {
             let latest = rx.borrow_and_update().clone();
             if let Some(l) = latest {
+                if !l.ops.is_empty() && failpoint::fire(failpoint::NODE_SYNC_MOVE_LATE) {
+                    tokio::time::sleep(Duration::from_millis(failpoint::NODE_ADOPT_MOVE_SLOW_MS)).await;
+                }
                 if let Err(e) = node.adopt_layout(l).await {
                     tracing::warn!(error = %e, "adopting the metadata layout");
                 }
