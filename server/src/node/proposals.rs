@@ -189,7 +189,6 @@ pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() ->
         let Some(batch) = next else { return };
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
         let (command, session, replies) = entry_of(batch);
-        let multi = matches!(command, Command::Multi { .. });
         let req = RaftRequest {
             command,
             session,
@@ -200,7 +199,7 @@ pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() ->
         let n = replies.len();
         for (i, reply) in replies.into_iter().enumerate() {
             // A caller that gave up already answered DEADLINE_EXCEEDED.
-            let _ = reply.send(if multi { part_of(&outcome, i, n) } else { copy(&outcome) });
+            let _ = reply.send(part_of(&outcome, i, n));
         }
     }
 }
@@ -245,8 +244,9 @@ pub fn command_of(pairs: Pairs) -> Command {
     }
 }
 
-/// Caller `i`'s outcome of a `Multi` entry of `n` parts: the entry's, with
-/// its own part's response as the data.
+/// Caller `i`'s outcome of an entry proposed for `n` callers: the entry's,
+/// with its own part's response as the data when it is a `Multi` (any
+/// other entry's response is every caller's).
 fn part_of(o: &Outcome, i: usize, n: usize) -> Outcome {
     o.as_ref().map(|r| match r {
         Ok(w) => {
@@ -255,8 +255,8 @@ fn part_of(o: &Outcome, i: usize, n: usize) -> Outcome {
                     assert_eq!(responses.len(), n, "one response per part of a merged entry");
                     responses[i].clone()
                 }
-                // The whole entry refused (sent to a group that takes no
-                // merged entries): every part has that answer.
+                // One command for all (a `BatchPut`), or a `Multi` refused
+                // whole: every caller has that answer.
                 other => other.clone(),
             };
             Ok(ClientWriteResponse {
@@ -265,17 +265,6 @@ fn part_of(o: &Outcome, i: usize, n: usize) -> Outcome {
                 membership: w.membership.clone(),
             })
         }
-        Err(e) => Err(e.clone()),
-    })
-}
-
-fn copy(o: &Outcome) -> Outcome {
-    o.as_ref().map(|r| match r {
-        Ok(w) => Ok(ClientWriteResponse {
-            log_id: w.log_id,
-            data: w.data.clone(),
-            membership: w.membership.clone(),
-        }),
         Err(e) => Err(e.clone()),
     })
 }
