@@ -110,6 +110,12 @@ pub struct RaftConfig {
     /// drift between nodes). 0 turns lease reads off: every linearizable
     /// read then takes a quorum round. At most `READ_LEASE_PERCENT_MAX`.
     pub read_lease_percent: u64,
+    /// A leader sends new entries to its followers while its own WAL sync
+    /// of them runs, instead of after it; a follower's acceptance still
+    /// counts only once the leader's copy is on disk too, so an entry
+    /// commits on the same durable quorum either way. Shortens every
+    /// write by about one fsync. Off: the leader syncs, then replicates.
+    pub overlap_leader_sync: bool,
 }
 
 /// Largest `raft.read_lease_percent`: at least a tenth of the follower
@@ -336,6 +342,7 @@ impl Default for RaftConfig {
             // 300 ms of the 400 ms follower lease; heartbeats every 100 ms
             // renew it.
             read_lease_percent: 75,
+            overlap_leader_sync: true,
         }
     }
 }

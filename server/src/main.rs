@@ -103,6 +103,10 @@ struct Args {
     /// per read batch).
     #[arg(long)]
     read_lease_percent: Option<u64>,
+    /// true or false: a leader replicates new entries while its own WAL
+    /// sync of them runs (raft.overlap_leader_sync).
+    #[arg(long)]
+    overlap_leader_sync: Option<bool>,
     /// Per-client request rate limit (requests/s, 0 = off).
     #[arg(long)]
     client_requests_per_second: Option<u32>,
@@ -173,6 +177,7 @@ impl Args {
         set!(self.snapshot_logs_to_keep, c.raft.snapshot_logs_to_keep);
         set!(self.snapshot_send_bytes_per_sec, c.raft.snapshot_send_bytes_per_sec);
         set!(self.read_lease_percent, c.raft.read_lease_percent);
+        set!(self.overlap_leader_sync, c.raft.overlap_leader_sync);
         set!(self.slow_request_ms, c.log.slow_request_ms);
         set!(self.client_requests_per_second, c.limits.client_requests_per_second);
         set!(self.client_burst, c.limits.client_burst);

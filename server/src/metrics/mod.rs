@@ -168,6 +168,18 @@ pub fn render(node: &Node) -> String {
         &node_label,
         gc.requests.load(Ordering::Relaxed),
     );
+    family(
+        &mut out,
+        "ringkv_raft_leader_appends_before_sync_total",
+        "counter",
+        "Leader log appends handed to Raft before their WAL sync, so replication overlapped it.",
+    );
+    sample(
+        &mut out,
+        "ringkv_raft_leader_appends_before_sync_total",
+        &node_label,
+        gc.appends_before_sync.load(Ordering::Relaxed),
+    );
     let net = &node.pool.stats;
     family(
         &mut out,

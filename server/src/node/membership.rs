@@ -110,6 +110,11 @@ pub(super) async fn open_group(
     } = sm;
     let config = openraft_config(info.id, &cfg.raft).map_err(|e| NodeError::Raft(e.to_string()))?;
     let mut log = LogStore::new(info.id, db.clone(), gc.clone());
+    if cfg.raft.overlap_leader_sync {
+        log = log.overlapping_leader_sync(id);
+    }
+    let sync = log.sync_progress();
+    let membership_feed = log.membership_feed();
     // A group with a vote or any log entry was initialized before.
     let uninitialized = {
         use openraft::storage::RaftLogStorage;
@@ -181,11 +186,13 @@ pub(super) async fn open_group(
         shard: info.id,
         pool: pool.clone(),
         lease: lease.clone(),
+        sync,
     };
     let raft = Raft::new(id, config, net, log, sm)
         .await
         .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
     tokio::spawn(log_leadership(info.id, raft.clone()));
+    tokio::spawn(feed_membership(raft.clone(), membership_feed));
     let reads = ReadIndex::new(raft.clone());
     let shard = Arc::new(Shard {
         id: info.id,
@@ -244,6 +251,20 @@ async fn log_leadership(shard: u64, raft: Raft) {
             last = Some((term, leader));
             tracing::info!(shard, term, leader = ?leader, applied = ?applied, last_log = ?last_log, "shard leadership seen");
         }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reports every effective membership openraft's metrics show to the
+/// shard's log store, which overlaps a leader's sync only while a commit
+/// needs another replica. Ends when the group shuts down.
+async fn feed_membership(raft: Raft, feed: crate::storage::log_store::MembershipFeed) {
+    let mut rx = raft.metrics();
+    drop(raft);
+    loop {
+        feed.report(rx.borrow_and_update().membership_config.membership());
         if rx.changed().await.is_err() {
             return;
         }

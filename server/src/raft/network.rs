@@ -276,6 +276,9 @@ pub struct NetworkFactory {
     pub pool: Arc<PeerPool>,
     /// The replica's lease, fed with its followers' append replies.
     pub lease: Arc<super::lease::Lease>,
+    /// How far the replica's own log is on disk: a follower's acceptance
+    /// is passed on only once the leader's copy is too.
+    pub sync: crate::storage::log_store::LogSync,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -290,6 +293,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             stats: self.pool.stats.clone(),
             snapshot_throttle: self.pool.snapshot_throttle.clone(),
             lease: self.lease.clone(),
+            sync: self.sync.clone(),
         }
     }
 }
@@ -303,6 +307,7 @@ pub struct ShardNetwork {
     stats: Arc<NetStats>,
     snapshot_throttle: Arc<super::throttle::Throttle>,
     lease: Arc<super::lease::Lease>,
+    sync: crate::storage::log_store::LogSync,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +402,8 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         // Taken before the request leaves: the follower accepts it later,
         // so its lease runs at least as long as one counted from here.
         let sent = std::time::Instant::now();
+        // Everything this message carries was appended by now.
+        let appended = self.sync.appended();
         let n = rpc.entries.len() as u64;
         if n == 0 {
             self.stats.empty_appends_sent.fetch_add(1, Ordering::Relaxed);
@@ -407,6 +414,25 @@ impl RaftNetwork<TypeConfig> for ShardNetwork {
         }
         let resp = self.call(RaftRpcKind::AppendEntries, payload, &option).await?;
         self.lease.append_replied(self.target, &rpc.vote, sent, &resp);
+        let accepted = matches!(
+            resp,
+            AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_)
+        );
+        // An acceptance counts towards commit: not before the leader's own
+        // copy of what it accepted is on disk (`storage::log_store::LogSync`).
+        if accepted
+            && !self
+                .sync
+                .wait_durable(appended, option.hard_ttl().saturating_sub(sent.elapsed()))
+                .await
+        {
+            return Err(RPCError::Timeout(openraft::error::Timeout {
+                action: openraft::network::RPCTypes::AppendEntries,
+                id: self.local_id,
+                target: self.target,
+                timeout: option.hard_ttl(),
+            }));
+        }
         Ok(resp)
     }
 

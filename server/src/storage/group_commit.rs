@@ -33,14 +33,23 @@ pub enum WriteOp {
 
 struct Job {
     ops: Vec<WriteOp>,
+    /// Test-only delay of the batch carrying this job (a failpoint), before
+    /// it is written: its bytes are not even in the OS page cache yet.
+    hold: std::time::Duration,
     done: oneshot::Sender<Result<(), StorageError>>,
 }
+
+/// The outcome of a submitted write, once its sync returned.
+pub type Synced = oneshot::Receiver<Result<(), StorageError>>;
 
 /// Counters of the group committer.
 #[derive(Default)]
 pub struct GroupCommitStats {
     pub requests: AtomicU64,
     pub syncs: AtomicU64,
+    /// Leader log appends reported flushed to Raft once queued, before
+    /// their sync (`raft.overlap_leader_sync`).
+    pub appends_before_sync: AtomicU64,
     /// Duration of each batch write including its WAL sync.
     pub sync_seconds: Histogram,
 }
@@ -93,10 +102,22 @@ impl GroupCommit {
     /// Writes `ops` atomically and durably; returns after the WAL sync that
     /// covers them.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        let synced = self.submit(ops, std::time::Duration::ZERO).await?;
+        synced.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Queues `ops` and returns once they are queued, with the receiver of
+    /// their sync's outcome. Writes are applied in the order they were
+    /// queued, each batch atomically, so anything queued after this call
+    /// returned lands after `ops`, durable or not. `hold` delays the batch
+    /// that carries `ops` (failpoints only; zero otherwise).
+    pub async fn submit(&self, ops: Vec<WriteOp>, hold: std::time::Duration) -> Result<Synced, StorageError> {
         let (done, rx) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(Job { ops, done }).await.map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        tx.send(Job { ops, hold, done })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
     }
 }
 
@@ -111,6 +132,10 @@ fn writer_loop(db: Arc<Db>, mut rx: mpsc::Receiver<Job>, requests_max: usize, st
                 Ok(j) => jobs.push(j),
                 Err(_) => break,
             }
+        }
+        let hold = jobs.iter().map(|j| j.hold).max().unwrap_or_default();
+        if !hold.is_zero() {
+            std::thread::sleep(hold);
         }
         let mut batch = rocksdb::WriteBatch::default();
         for job in &jobs {

@@ -86,6 +86,11 @@ impl LogCache {
         seq
     }
 
+    /// Sequence number of the last append handed out (0 before any).
+    pub fn appended_seq(&self) -> u64 {
+        self.appended_seq
+    }
+
     /// Records that every append up to `seq` is on disk.
     pub fn mark_durable(&mut self, seq: u64) {
         assert!(seq <= self.appended_seq, "append {seq} was never handed out");

@@ -2,7 +2,8 @@
 //!
 //! Every durable mutation (append, vote, truncate, purge) goes through the
 //! node's [`GroupCommit`] so it shares a WAL sync with concurrent writes of
-//! other shards. `append` returns only after its entries are synced.
+//! other shards. `append` returns only after its entries are synced, except
+//! on a leader that overlaps its sync with replication (see [`LogSync`]).
 //! Appended entries also go to the shard's [`LogCache`]: replication and
 //! apply read recent entries from memory, and fall back to RocksDB only for
 //! older ones (a follower far behind). Reads for replication stop at
@@ -12,9 +13,11 @@
 use std::fmt::Debug;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::time::Duration;
 
 use openraft::storage::LogFlushed;
 use openraft::storage::RaftLogStorage;
@@ -35,6 +38,7 @@ use crate::raft::types::decode;
 use crate::raft::types::encode;
 use crate::raft::types::Entry;
 use crate::raft::types::LogId;
+use crate::raft::types::NodeId;
 use crate::raft::types::StorageError;
 use crate::raft::types::TypeConfig;
 use crate::raft::types::Vote;
@@ -44,6 +48,97 @@ use crate::raft::types::Vote;
 /// which must arrive within the heartbeat interval.
 pub const REPLICATION_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// How long the `storage.leader_sync_slow` failpoint holds a leader's
+/// append before writing it.
+pub const LEADER_SYNC_SLOW_MS: u64 = 1_500;
+
+/// How far a shard's appends are on disk, shared by its log store and its
+/// network.
+///
+/// A leader that overlaps its own WAL sync with replication
+/// (`raft.overlap_leader_sync`) tells openraft its append is flushed once
+/// the write is queued, so that openraft replicates the entries while the
+/// leader syncs them. openraft then counts the leader's own copy towards
+/// the commit quorum before it is on disk. What keeps that safe: the
+/// network hands openraft a follower's acceptance of an append only after
+/// every append the leader had queued when it sent that message is on its
+/// own disk ([`LogSync::wait_durable`]). So no entry commits before the
+/// leader and the acknowledging followers, a quorum, have it on disk, just
+/// as when the leader synced first; a leader that crashes before its sync
+/// has had nothing committed that it could lose. That argument needs a
+/// follower in every commit quorum, so a group whose only voter is this
+/// node syncs first ([`QuorumView`]). Followers always sync before they
+/// answer. Sequence numbers are the log cache's: appends of a
+/// shard are queued in that order, and one batch of the group commit never
+/// lands before an earlier one, so "every append up to `n` is on disk" is
+/// one number.
+#[derive(Clone)]
+pub struct LogSync {
+    cache: Arc<Mutex<LogCache>>,
+    durable: tokio::sync::watch::Receiver<u64>,
+}
+
+impl LogSync {
+    /// Sequence number of the last append handed to the store.
+    pub fn appended(&self) -> u64 {
+        lock(&self.cache).appended_seq()
+    }
+
+    /// Waits until every append up to `seq` is on disk, at most `timeout`;
+    /// false when it is not by then.
+    pub async fn wait_durable(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.durable.clone();
+        if *rx.borrow() >= seq {
+            return true;
+        }
+        let reached = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|d| *d >= seq)).await,
+            Ok(Ok(_))
+        );
+        reached
+    }
+}
+
+/// Whether a commit of this shard needs a replica other than this one: only
+/// then may a leader's append be reported before its sync, because only then
+/// does a follower's (gated) acceptance stand between the append and its
+/// commit. A group whose voters are this node alone commits on the leader's
+/// own flush, which must therefore be real.
+#[derive(Default)]
+struct QuorumView {
+    /// From openraft's metrics: whether the effective membership's voters
+    /// span more than one node; `None` until first reported.
+    reported: Option<bool>,
+    /// The same for the last membership entry appended and not truncated:
+    /// a leader's new membership takes effect when appended, before the
+    /// metrics show it.
+    appended: Option<(LogId, bool)>,
+}
+
+impl QuorumView {
+    fn needs_a_peer(&self) -> bool {
+        self.reported == Some(true) && self.appended.is_none_or(|(_, multi)| multi)
+    }
+}
+
+/// Whether `m`'s voters, over all its joint configurations, are more than
+/// one node. A configuration of one voter other than the leader also needs
+/// a peer, but is counted as one node: that only errs towards syncing first.
+fn spans_nodes(m: &openraft::Membership<NodeId, openraft::BasicNode>) -> bool {
+    m.voter_ids().nth(1).is_some()
+}
+
+/// Feeds a shard's effective membership, as openraft's metrics report it,
+/// to its log store (see [`QuorumView`]).
+#[derive(Clone)]
+pub struct MembershipFeed(Arc<Mutex<QuorumView>>);
+
+impl MembershipFeed {
+    pub fn report(&self, m: &openraft::Membership<NodeId, openraft::BasicNode>) {
+        lock_view(&self.0).reported = Some(spans_nodes(m));
+    }
+}
+
 /// Log store of one shard. Clones share the same underlying storage and
 /// cache.
 #[derive(Clone)]
@@ -52,6 +147,17 @@ pub struct LogStore {
     db: Arc<Db>,
     gc: GroupCommit,
     cache: Arc<Mutex<LogCache>>,
+    /// Every append up to this sequence number is on disk.
+    durable: Arc<tokio::sync::watch::Sender<u64>>,
+    /// This node, when its leader appends may return before their sync
+    /// ([`LogSync`]); `None`: every append waits for its sync.
+    overlap_as: Option<NodeId>,
+    /// The last vote saved or read: whose entries count as this node's own
+    /// leader appends.
+    vote: Arc<Mutex<Option<Vote>>>,
+    /// Whether a commit needs another replica: the leader may skip the sync
+    /// wait only when it does.
+    quorum: Arc<Mutex<QuorumView>>,
 }
 
 impl LogStore {
@@ -61,7 +167,51 @@ impl LogStore {
             db,
             gc,
             cache: Arc::new(Mutex::new(LogCache::default())),
+            durable: Arc::new(tokio::sync::watch::channel(0).0),
+            overlap_as: None,
+            vote: Arc::new(Mutex::new(None)),
+            quorum: Arc::new(Mutex::new(QuorumView::default())),
         }
+    }
+
+    /// Lets the appends node `local_id` makes as this shard's leader return
+    /// once queued, before their sync ([`LogSync`] says why that is safe
+    /// and what the network must do for it).
+    pub fn overlapping_leader_sync(mut self, local_id: NodeId) -> Self {
+        self.overlap_as = Some(local_id);
+        self
+    }
+
+    /// The handle the shard's network waits on before it passes on a
+    /// follower's acceptance.
+    pub fn sync_progress(&self) -> LogSync {
+        LogSync {
+            cache: self.cache.clone(),
+            durable: self.durable.subscribe(),
+        }
+    }
+
+    /// The handle through which the node reports the shard's membership.
+    pub fn membership_feed(&self) -> MembershipFeed {
+        MembershipFeed(self.quorum.clone())
+    }
+
+    /// Whether entries stamped with `leader` are this node's own appends as
+    /// the shard's established leader, which may return before their sync.
+    fn own_leader_id(&self) -> Option<openraft::LeaderId<NodeId>> {
+        let me = self.overlap_as?;
+        let vote = (*lock_vote(&self.vote))?;
+        (vote.is_committed() && vote.leader_id().node_id == me).then_some(*vote.leader_id())
+    }
+
+    fn set_durable(durable: &tokio::sync::watch::Sender<u64>, seq: u64) {
+        durable.send_if_modified(|d| {
+            let newer = seq > *d;
+            if newer {
+                *d = seq;
+            }
+            newer
+        });
     }
 
     fn cache(&self) -> MutexGuard<'_, LogCache> {
@@ -194,6 +344,62 @@ fn lock(m: &Mutex<LogCache>) -> MutexGuard<'_, LogCache> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock_view(m: &Mutex<QuorumView>) -> MutexGuard<'_, QuorumView> {
+    // Plain values, each replaced whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_vote(m: &Mutex<Option<Vote>>) -> MutexGuard<'_, Option<Vote>> {
+    // A plain value, replaced whole.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LogStore {
+    /// A leader's own append: reports it flushed once queued, and records
+    /// it durable when its sync returns ([`LogSync`]).
+    async fn append_before_sync(
+        &self,
+        ops: Vec<WriteOp>,
+        seq: u64,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError> {
+        let hold = if crate::failpoint::fire(crate::failpoint::STORAGE_LEADER_SYNC_SLOW) {
+            Duration::from_millis(LEADER_SYNC_SLOW_MS)
+        } else {
+            Duration::ZERO
+        };
+        let synced = match self.gc.submit(ops, hold).await {
+            Ok(s) => s,
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                return Err(to_raft_err(ErrorSubject::Logs, ErrorVerb::Write, e));
+            }
+        };
+        self.gc.stats.appends_before_sync.fetch_add(1, Ordering::Relaxed);
+        callback.log_io_completed(Ok(()));
+        let (cache, durable, shard) = (self.cache.clone(), self.durable.clone(), self.shard);
+        tokio::spawn(async move {
+            match synced.await {
+                Ok(Ok(())) => {
+                    lock(&cache).mark_durable(seq);
+                    Self::set_durable(&durable, seq);
+                }
+                failed => {
+                    // openraft already counts these entries as this node's
+                    // flushed log and cannot take that back. Stop the node,
+                    // as etcd does when its WAL fails: nothing of it was
+                    // acknowledged (no follower reply is passed on before
+                    // this sync), and a restart recovers from what is on
+                    // disk.
+                    tracing::error!(shard, outcome = ?failed, "a leader's log append failed after it was queued; aborting");
+                    std::process::abort();
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
@@ -236,11 +442,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::tagged(self.shard, keys::STATE_VOTE).to_vec(),
             encode(vote),
         );
-        self.write(vec![op], ErrorSubject::Vote).await
+        self.write(vec![op], ErrorSubject::Vote).await?;
+        *lock_vote(&self.vote) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(keys::STATE_VOTE)
+        let vote: Option<Vote> = self.read_state(keys::STATE_VOTE)?;
+        *lock_vote(&self.vote) = vote;
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -267,9 +477,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let own = self.own_leader_id();
+        let mut all_own = own.is_some();
         let mut ops = Vec::new();
         let mut cached = Vec::new();
         for e in entries {
+            all_own &= own.is_some_and(|l| e.log_id.leader_id == l);
+            if let openraft::EntryPayload::Membership(m) = &e.payload {
+                lock_view(&self.quorum).appended = Some((e.log_id, spans_nodes(m)));
+            }
             let value = encode(&e);
             let bytes = value.len();
             ops.push(WriteOp::Put(
@@ -286,10 +502,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable from the cache from here on; it may let go of them once
         // the write below is on disk.
         let seq = self.cache().append(cached);
+        if all_own && lock_view(&self.quorum).needs_a_peer() {
+            return self.append_before_sync(ops, seq, callback).await;
+        }
         let res = self.write(ops, ErrorSubject::Logs).await;
         match &res {
             Ok(()) => {
                 self.cache().mark_durable(seq);
+                Self::set_durable(&self.durable, seq);
                 callback.log_io_completed(Ok(()));
             }
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -308,6 +528,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The cache goes first: once this returns, openraft may append new
         // entries at these indexes, and nobody may read the old ones.
         self.cache().truncate(log_id.index);
+        {
+            let mut view = lock_view(&self.quorum);
+            if view.appended.is_some_and(|(m, _)| m.index >= log_id.index) {
+                view.appended = None;
+            }
+        }
         self.write(vec![op], ErrorSubject::Logs).await
     }
 
@@ -351,6 +577,84 @@ mod tests {
                 timestamp_ms: 0,
             }),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_an_established_leaders_own_entries_skip_the_sync_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageConfig::default()).unwrap();
+        let gc = GroupCommit::start(db.clone(), 64).unwrap();
+        let mut plain = LogStore::new(5, db.clone(), gc.clone());
+        plain.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        assert_eq!(plain.own_leader_id(), None, "overlap off");
+
+        let mut store = LogStore::new(6, db.clone(), gc).overlapping_leader_sync(1);
+        assert_eq!(store.own_leader_id(), None, "no vote yet");
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert_eq!(store.own_leader_id(), None, "a candidate's vote");
+        store.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        assert_eq!(store.own_leader_id(), Some(openraft::LeaderId::new(2, 1)));
+        store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        assert_eq!(store.own_leader_id(), None, "another node leads");
+        // After a restart the vote comes from disk.
+        let mut reopened = LogStore::new(6, db.clone(), store.gc.clone()).overlapping_leader_sync(2);
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new_committed(3, 2)));
+        assert_eq!(reopened.own_leader_id(), Some(openraft::LeaderId::new(3, 2)));
+    }
+
+    #[test]
+    fn a_group_whose_only_voter_is_this_node_syncs_first() {
+        use std::collections::BTreeSet;
+        let node = |id| (id, openraft::BasicNode::new(format!("127.0.0.1:{id}")));
+        let members = |configs: Vec<Vec<u64>>| {
+            let nodes: std::collections::BTreeMap<_, _> = configs.iter().flatten().map(|&id| node(id)).collect();
+            openraft::Membership::new(configs.into_iter().map(BTreeSet::from_iter).collect(), nodes)
+        };
+        let (one, three) = (members(vec![vec![1]]), members(vec![vec![1, 2, 3]]));
+        let shrinking = members(vec![vec![1, 2, 3], vec![1]]);
+        assert!(!spans_nodes(&one));
+        assert!(spans_nodes(&three));
+        assert!(spans_nodes(&shrinking), "the joint config still needs a peer");
+
+        let mut view = QuorumView::default();
+        assert!(!view.needs_a_peer(), "unknown until reported");
+        view.reported = Some(spans_nodes(&three));
+        assert!(view.needs_a_peer());
+        // A leader's new membership counts from its append, before the
+        // metrics catch up.
+        view.appended = Some((entry(9, 0).log_id, spans_nodes(&one)));
+        assert!(!view.needs_a_peer(), "shrunk to this node alone");
+        view.appended = Some((entry(10, 0).log_id, spans_nodes(&shrinking)));
+        assert!(view.needs_a_peer());
+        view.reported = Some(spans_nodes(&one));
+        assert!(!view.needs_a_peer(), "the metrics say one voter");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sync_gate_waits_for_every_append_up_to_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageConfig::default()).unwrap();
+        let gc = GroupCommit::start(db.clone(), 64).unwrap();
+        let store = LogStore::new(5, db, gc);
+        let sync = store.sync_progress();
+        assert_eq!(sync.appended(), 0);
+        assert!(sync.wait_durable(0, Duration::ZERO).await, "nothing appended");
+        let first = store.cache().append([(entry(1, 10), 50)]);
+        let second = store.cache().append([(entry(2, 10), 50)]);
+        assert_eq!((sync.appended(), first, second), (2, 1, 2));
+        assert!(!sync.wait_durable(second, Duration::from_millis(20)).await);
+        let waiter = {
+            let sync = sync.clone();
+            tokio::spawn(async move { sync.wait_durable(second, Duration::from_secs(30)).await })
+        };
+        LogStore::set_durable(&store.durable, first);
+        assert!(sync.wait_durable(first, Duration::ZERO).await);
+        assert!(!sync.wait_durable(second, Duration::from_millis(20)).await);
+        LogStore::set_durable(&store.durable, second);
+        assert!(waiter.await.unwrap(), "woken once the later append is durable");
+        // A late report of an earlier append does not move it back.
+        LogStore::set_durable(&store.durable, first);
+        assert!(sync.wait_durable(second, Duration::ZERO).await);
     }
 
     fn indexes(v: &[Entry]) -> Vec<u64> {
