@@ -1,0 +1,161 @@
+//! A leader replicates an entry while its own WAL sync of it runs
+//! (`raft.overlap_leader_sync`), but the entry must not commit before the
+//! leader's copy is on disk: otherwise a leader that crashed before its
+//! sync could have had a write acknowledged on its own unsynced copy plus
+//! one follower's, and lose it when the other follower wins the next
+//! election with the crashed leader's vote.
+//!
+//! Every node runs the `storage.leader_sync_slow` failpoint: each of its
+//! leader appends waits `LEADER_SYNC_SLOW_MS` before it is even written,
+//! while the followers get the entry at once and sync it in well under a
+//! second. A put must therefore take at least that long, and the leader
+//! must report that its appends did go out before their sync.
+//!
+//! A one-node cluster has no follower whose acceptance could be held back:
+//! its leader commits on its own flush, so it must never report an append
+//! flushed before its sync.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use common::Cluster;
+use common::Opts;
+use ringkv_proto::v1::GetRequest;
+use ringkv_proto::v1::PutRequest;
+use ringkv_server::storage::log_store::LEADER_SYNC_SLOW_MS;
+
+const SHARDS: u32 = 1;
+const SHARD: u64 = 1;
+/// Puts measured, one after another.
+const PUTS: usize = 3;
+/// Of those, how many must succeed (a leader change may fail one).
+const PUTS_MEASURED_MIN: usize = 2;
+/// Longest one put may take: a few held syncs on a starved machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Slack for clocks: the hold is a sleep on the leader, the put's duration
+/// is measured here.
+const MARGIN_MS: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_commits_before_the_leaders_copy_is_on_disk() {
+    let seed = common::seed(31);
+    let c = start_slow_syncing(3, seed).await;
+    let leader = ready_leader(&c, seed).await;
+    let status = c.nodes[&leader].status_addr.clone().expect("status port");
+    let mut kv = c.kv(leader).await.expect("kv");
+
+    let mut measured = 0;
+    for i in 0..PUTS {
+        let key = format!("t31-{seed}-{i}").into_bytes();
+        let value = format!("v{i}-{seed}").into_bytes();
+        let mut req = tonic::Request::new(PutRequest {
+            header: None,
+            key: key.clone(),
+            value: value.clone(),
+        });
+        req.set_timeout(REQUEST_TIMEOUT);
+        let started = Instant::now();
+        let r = kv.put(req).await;
+        let took = started.elapsed();
+        if let Err(e) = &r {
+            // Leadership may move while syncs are held; a put that failed
+            // was not acknowledged and proves nothing either way.
+            eprintln!("seed {seed}: put {i} via node {leader} failed ({e}); skipped");
+            continue;
+        }
+        measured += 1;
+        eprintln!("put {i} via leader {leader} took {took:?}");
+        assert!(
+            took >= Duration::from_millis(LEADER_SYNC_SLOW_MS - MARGIN_MS),
+            "seed {seed}: put {i} was acknowledged after {took:?}, before its leader's held sync \
+             ({LEADER_SYNC_SLOW_MS} ms) could have finished: it committed on an unsynced leader copy"
+        );
+        let got = kv
+            .get(GetRequest { header: None, key })
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(got.found, "seed {seed}: acknowledged put {i} is missing");
+        assert_eq!(got.value, value, "seed {seed}: put {i} read back");
+    }
+    assert!(
+        measured >= PUTS_MEASURED_MIN,
+        "seed {seed}: only {measured} of {PUTS} puts succeeded: too few to show anything"
+    );
+    let early = common::metric(&status, "ringkv_raft_leader_appends_before_sync_total").unwrap_or(0.0);
+    assert!(
+        early > 0.0,
+        "seed {seed}: leader {leader} reports no append that went out before its sync"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_leader_syncs_before_it_reports_an_append() {
+    let seed = common::seed(3101);
+    let c = start_slow_syncing(1, seed).await;
+    assert_eq!(ready_leader(&c, seed).await, 1);
+    let status = c.nodes[&1].status_addr.clone().expect("status port");
+    let mut kv = c.kv(1).await.expect("kv");
+
+    for i in 0..PUTS {
+        let key = format!("t31-single-{seed}-{i}").into_bytes();
+        let mut req = tonic::Request::new(PutRequest {
+            header: None,
+            key: key.clone(),
+            value: b"v".to_vec(),
+        });
+        req.set_timeout(REQUEST_TIMEOUT);
+        kv.put(req)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: put {i}: {e}"));
+        let got = kv
+            .get(GetRequest { header: None, key })
+            .await
+            .expect("get")
+            .into_inner();
+        assert!(got.found, "seed {seed}: acknowledged put {i} is missing");
+    }
+    let early =
+        common::metric(&status, "ringkv_raft_leader_appends_before_sync_total").expect("the metric is exported");
+    assert_eq!(
+        early, 0.0,
+        "seed {seed}: a single-voter leader reported appends flushed before their sync"
+    );
+}
+
+/// A cluster of `nodes` with one shard, every node holding its leader
+/// appends (`storage.leader_sync_slow`).
+async fn start_slow_syncing(nodes: u64, seed: u64) -> Cluster {
+    let fp = vec![(
+        "RINGKV_FAILPOINTS".to_string(),
+        "storage.leader_sync_slow=100000".to_string(),
+    )];
+    eprintln!("seed {seed}: {nodes} node(s)");
+    Cluster::start(Opts {
+        nodes,
+        shards: SHARDS,
+        status_ports: true,
+        env: (1..=nodes).map(|id| (id, fp.clone())).collect(),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// The shard's leader, once a put succeeded: the first put also waits for
+/// the layout to be confirmed, before which puts fail without reaching
+/// Raft.
+async fn ready_leader(c: &Cluster, seed: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    c.put_retry(format!("t31-{seed}-warm-up").as_bytes(), b"w", deadline)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: no put succeeded: {e}"));
+    loop {
+        if let Some(l) = c.leader_of(SHARD).await {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "seed {seed}: shard {SHARD} has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
