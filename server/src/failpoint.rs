@@ -60,10 +60,11 @@ pub const NODE_ADOPT_MOVE_SLOW_MS: u64 = 3_000;
 pub const NODE_SYNC_MOVE_LATE: &str = "node.sync_move_late";
 
 /// Holds each of this node's leader log appends that return before their
-/// sync for `storage::log_store::LEADER_SYNC_SLOW_MS` before they are even
-/// written (the whole group commit waits): tests check that nothing
-/// commits while the leader's copy is not on disk.
+/// sync for [`STORAGE_LEADER_SYNC_SLOW_MS`] before they are even written
+/// (the whole group commit waits): tests check that nothing commits while
+/// the leader's copy is not on disk.
 pub const STORAGE_LEADER_SYNC_SLOW: &str = "storage.leader_sync_slow";
+pub const STORAGE_LEADER_SYNC_SLOW_MS: u64 = 1_500;
 
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();

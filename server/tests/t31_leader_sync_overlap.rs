@@ -24,7 +24,7 @@ use common::Cluster;
 use common::Opts;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::PutRequest;
-use ringkv_server::storage::log_store::LEADER_SYNC_SLOW_MS;
+use ringkv_server::failpoint::STORAGE_LEADER_SYNC_SLOW_MS as LEADER_SYNC_SLOW_MS;
 
 const SHARDS: u32 = 1;
 const SHARD: u64 = 1;

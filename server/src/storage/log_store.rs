@@ -48,10 +48,6 @@ use crate::raft::types::Vote;
 /// which must arrive within the heartbeat interval.
 pub const REPLICATION_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// How long the `storage.leader_sync_slow` failpoint holds a leader's
-/// append before writing it.
-pub const LEADER_SYNC_SLOW_MS: u64 = 1_500;
-
 /// How far a shard's appends are on disk, shared by its log store and its
 /// network.
 ///
@@ -91,6 +87,8 @@ impl LogSync {
         if *rx.borrow() >= seq {
             return true;
         }
+        // Bound to a local: the `Ref` in the result borrows `rx` and must be
+        // dropped before it.
         let reached = matches!(
             tokio::time::timeout(timeout, rx.wait_for(|d| *d >= seq)).await,
             Ok(Ok(_))
@@ -364,7 +362,7 @@ impl LogStore {
         callback: LogFlushed<TypeConfig>,
     ) -> Result<(), StorageError> {
         let hold = if crate::failpoint::fire(crate::failpoint::STORAGE_LEADER_SYNC_SLOW) {
-            Duration::from_millis(LEADER_SYNC_SLOW_MS)
+            Duration::from_millis(crate::failpoint::STORAGE_LEADER_SYNC_SLOW_MS)
         } else {
             Duration::ZERO
         };
