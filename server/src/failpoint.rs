@@ -66,6 +66,11 @@ pub const NODE_SYNC_MOVE_LATE: &str = "node.sync_move_late";
 pub const STORAGE_LEADER_SYNC_SLOW: &str = "storage.leader_sync_slow";
 pub const STORAGE_LEADER_SYNC_SLOW_MS: u64 = 1_500;
 
+/// Fails the group-commit batch carrying this node's next leader log append
+/// that returned before its sync (the batch is not written): the node must
+/// abort, since Raft already counts the append as flushed.
+pub const STORAGE_LEADER_SYNC_FAIL: &str = "storage.leader_sync_fail";
+
 fn table() -> &'static HashMap<String, AtomicU64> {
     static TABLE: OnceLock<HashMap<String, AtomicU64>> = OnceLock::new();
     TABLE.get_or_init(|| parse(&std::env::var(FAILPOINTS_ENV).unwrap_or_default()))

@@ -33,10 +33,20 @@ pub enum WriteOp {
 
 struct Job {
     ops: Vec<WriteOp>,
-    /// Test-only delay of the batch carrying this job (a failpoint), before
-    /// it is written: its bytes are not even in the OS page cache yet.
-    hold: std::time::Duration,
+    fault: Fault,
     done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Test-only faults (failpoints) of the batch that carries a job; the
+/// default is none.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fault {
+    /// Delay before the batch is written: its bytes are not even in the OS
+    /// page cache yet.
+    pub hold: std::time::Duration,
+    /// The batch is not written and every job in it gets an error, as when
+    /// the WAL write fails.
+    pub fail: bool,
 }
 
 /// The outcome of a submitted write, once its sync returned.
@@ -102,19 +112,19 @@ impl GroupCommit {
     /// Writes `ops` atomically and durably; returns after the WAL sync that
     /// covers them.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
-        let synced = self.submit(ops, std::time::Duration::ZERO).await?;
+        let synced = self.submit(ops, Fault::default()).await?;
         synced.await.map_err(|_| StorageError::Closed)?
     }
 
     /// Queues `ops` and returns once they are queued, with the receiver of
     /// their sync's outcome. Writes are applied in the order they were
     /// queued, each batch atomically, so anything queued after this call
-    /// returned lands after `ops`, durable or not. `hold` delays the batch
-    /// that carries `ops` (failpoints only; zero otherwise).
-    pub async fn submit(&self, ops: Vec<WriteOp>, hold: std::time::Duration) -> Result<Synced, StorageError> {
+    /// returned lands after `ops`, durable or not. `fault` is for
+    /// failpoints only (none otherwise).
+    pub async fn submit(&self, ops: Vec<WriteOp>, fault: Fault) -> Result<Synced, StorageError> {
         let (done, rx) = oneshot::channel();
         let tx = self.inner.tx.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(Job { ops, hold, done })
+        tx.send(Job { ops, fault, done })
             .await
             .map_err(|_| StorageError::Closed)?;
         Ok(rx)
@@ -133,9 +143,19 @@ fn writer_loop(db: Arc<Db>, mut rx: mpsc::Receiver<Job>, requests_max: usize, st
                 Err(_) => break,
             }
         }
-        let hold = jobs.iter().map(|j| j.hold).max().unwrap_or_default();
+        let hold = jobs.iter().map(|j| j.fault.hold).max().unwrap_or_default();
         if !hold.is_zero() {
             std::thread::sleep(hold);
+        }
+        if jobs.iter().any(|j| j.fault.fail) {
+            let failed = Err(StorageError::Rocks(
+                "failpoint: this group-commit batch was not written".to_string(),
+            ));
+            tracing::error!(jobs = jobs.len(), "group commit write failed (failpoint)");
+            for job in jobs.drain(..) {
+                let _ = job.done.send(failed.clone());
+            }
+            continue;
         }
         let mut batch = rocksdb::WriteBatch::default();
         for job in &jobs {

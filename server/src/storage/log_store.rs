@@ -27,6 +27,7 @@ use openraft::LogState;
 use openraft::OptionalSend;
 use openraft::RaftLogReader;
 
+use super::group_commit::Fault;
 use super::group_commit::GroupCommit;
 use super::group_commit::WriteOp;
 use super::keys;
@@ -361,12 +362,16 @@ impl LogStore {
         seq: u64,
         callback: LogFlushed<TypeConfig>,
     ) -> Result<(), StorageError> {
-        let hold = if crate::failpoint::fire(crate::failpoint::STORAGE_LEADER_SYNC_SLOW) {
-            Duration::from_millis(crate::failpoint::STORAGE_LEADER_SYNC_SLOW_MS)
-        } else {
-            Duration::ZERO
+        use crate::failpoint;
+        let fault = Fault {
+            hold: if failpoint::fire(failpoint::STORAGE_LEADER_SYNC_SLOW) {
+                Duration::from_millis(failpoint::STORAGE_LEADER_SYNC_SLOW_MS)
+            } else {
+                Duration::ZERO
+            },
+            fail: failpoint::fire(failpoint::STORAGE_LEADER_SYNC_FAIL),
         };
-        let synced = match self.gc.submit(ops, hold).await {
+        let synced = match self.gc.submit(ops, fault).await {
             Ok(s) => s,
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
