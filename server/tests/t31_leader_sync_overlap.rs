@@ -22,9 +22,11 @@ use std::time::Instant;
 
 use common::Cluster;
 use common::Opts;
+use ringkv_proto::v1::kv_client::KvClient;
 use ringkv_proto::v1::GetRequest;
 use ringkv_proto::v1::PutRequest;
 use ringkv_server::failpoint::STORAGE_LEADER_SYNC_SLOW_MS as LEADER_SYNC_SLOW_MS;
+use tonic::transport::Channel;
 
 const SHARDS: u32 = 1;
 const SHARD: u64 = 1;
@@ -72,13 +74,7 @@ async fn nothing_commits_before_the_leaders_copy_is_on_disk() {
             "seed {seed}: put {i} was acknowledged after {took:?}, before its leader's held sync \
              ({LEADER_SYNC_SLOW_MS} ms) could have finished: it committed on an unsynced leader copy"
         );
-        let got = kv
-            .get(GetRequest { header: None, key })
-            .await
-            .expect("get")
-            .into_inner();
-        assert!(got.found, "seed {seed}: acknowledged put {i} is missing");
-        assert_eq!(got.value, value, "seed {seed}: put {i} read back");
+        assert_reads_back(&mut kv, key, &value, seed).await;
     }
     assert!(
         measured >= PUTS_MEASURED_MIN,
@@ -110,12 +106,7 @@ async fn a_single_voter_leader_syncs_before_it_reports_an_append() {
         kv.put(req)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: put {i}: {e}"));
-        let got = kv
-            .get(GetRequest { header: None, key })
-            .await
-            .expect("get")
-            .into_inner();
-        assert!(got.found, "seed {seed}: acknowledged put {i} is missing");
+        assert_reads_back(&mut kv, key, b"v", seed).await;
     }
     let early =
         common::metric(&status, "ringkv_raft_leader_appends_before_sync_total").expect("the metric is exported");
@@ -158,4 +149,16 @@ async fn ready_leader(c: &Cluster, seed: u64) -> u64 {
         assert!(Instant::now() < deadline, "seed {seed}: shard {SHARD} has no leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An acknowledged put's value reads back (linearizable get).
+async fn assert_reads_back(kv: &mut KvClient<Channel>, key: Vec<u8>, value: &[u8], seed: u64) {
+    let shown = String::from_utf8_lossy(&key).into_owned();
+    let got = kv
+        .get(GetRequest { header: None, key })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(got.found, "seed {seed}: acknowledged {shown} is missing");
+    assert_eq!(got.value, value, "seed {seed}: {shown} read back");
 }
