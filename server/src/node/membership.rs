@@ -191,8 +191,7 @@ pub(super) async fn open_group(
     let raft = Raft::new(id, config, net, log, sm)
         .await
         .map_err(|e| NodeError::Raft(format!("shard {}: {e}", info.id)))?;
-    tokio::spawn(log_leadership(info.id, raft.clone()));
-    tokio::spawn(feed_membership(raft.clone(), membership_feed));
+    tokio::spawn(follow_metrics(info.id, raft.clone(), membership_feed));
     let reads = ReadIndex::new(raft.clone());
     let shard = Arc::new(Shard {
         id: info.id,
@@ -229,17 +228,21 @@ pub(super) enum GroupStart {
     Seeded,
 }
 
-/// Logs every term or leader this replica of `shard` sees, with its
-/// applied and last log index: the shard id openraft's own election logs
-/// lack, and enough to tell whether a new leader still had entries to
-/// apply. Ends when the group shuts down.
-async fn log_leadership(shard: u64, raft: Raft) {
+/// Follows openraft's metrics of this replica of `shard` until the group
+/// shuts down:
+/// - logs every term or leader it sees, with its applied and last log
+///   index: the shard id openraft's own election logs lack, and enough to
+///   tell whether a new leader still had entries to apply;
+/// - reports each effective membership to the shard's log store, which
+///   overlaps a leader's sync only while a commit needs another replica.
+async fn follow_metrics(shard: u64, raft: Raft, feed: crate::storage::log_store::MembershipFeed) {
     let mut rx = raft.metrics();
     drop(raft);
     let mut last = None;
     loop {
         let (term, leader, applied, last_log) = {
             let m = rx.borrow_and_update();
+            feed.report(m.membership_config.membership());
             (
                 m.current_term,
                 m.current_leader,
@@ -251,20 +254,6 @@ async fn log_leadership(shard: u64, raft: Raft) {
             last = Some((term, leader));
             tracing::info!(shard, term, leader = ?leader, applied = ?applied, last_log = ?last_log, "shard leadership seen");
         }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Reports every effective membership openraft's metrics show to the
-/// shard's log store, which overlaps a leader's sync only while a commit
-/// needs another replica. Ends when the group shuts down.
-async fn feed_membership(raft: Raft, feed: crate::storage::log_store::MembershipFeed) {
-    let mut rx = raft.metrics();
-    drop(raft);
-    loop {
-        feed.report(rx.borrow_and_update().membership_config.membership());
         if rx.changed().await.is_err() {
             return;
         }

@@ -147,29 +147,26 @@ fn writer_loop(db: Arc<Db>, mut rx: mpsc::Receiver<Job>, requests_max: usize, st
         if !hold.is_zero() {
             std::thread::sleep(hold);
         }
-        if jobs.iter().any(|j| j.fault.fail) {
-            let failed = Err(StorageError::Rocks(
+        let result = if jobs.iter().any(|j| j.fault.fail) {
+            Err(StorageError::Rocks(
                 "failpoint: this group-commit batch was not written".to_string(),
-            ));
-            tracing::error!(jobs = jobs.len(), "group commit write failed (failpoint)");
-            for job in jobs.drain(..) {
-                let _ = job.done.send(failed.clone());
-            }
-            continue;
-        }
-        let mut batch = rocksdb::WriteBatch::default();
-        for job in &jobs {
-            for op in &job.ops {
-                match op {
-                    WriteOp::Put(cf, k, v) => batch.put_cf(db.cf(*cf), k, v),
-                    WriteOp::Delete(cf, k) => batch.delete_cf(db.cf(*cf), k),
-                    WriteOp::DeleteRange(cf, from, to) => batch.delete_range_cf(db.cf(*cf), from, to),
+            ))
+        } else {
+            let mut batch = rocksdb::WriteBatch::default();
+            for job in &jobs {
+                for op in &job.ops {
+                    match op {
+                        WriteOp::Put(cf, k, v) => batch.put_cf(db.cf(*cf), k, v),
+                        WriteOp::Delete(cf, k) => batch.delete_cf(db.cf(*cf), k),
+                        WriteOp::DeleteRange(cf, from, to) => batch.delete_range_cf(db.cf(*cf), from, to),
+                    }
                 }
             }
-        }
-        let started = std::time::Instant::now();
-        let result = db.raw().write_opt(batch, &sync).map_err(StorageError::from);
-        stats.sync_seconds.observe(started.elapsed().as_secs_f64());
+            let started = std::time::Instant::now();
+            let written = db.raw().write_opt(batch, &sync).map_err(StorageError::from);
+            stats.sync_seconds.observe(started.elapsed().as_secs_f64());
+            written
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, jobs = jobs.len(), "group commit write failed");
         }

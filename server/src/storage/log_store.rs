@@ -134,7 +134,7 @@ pub struct MembershipFeed(Arc<Mutex<QuorumView>>);
 
 impl MembershipFeed {
     pub fn report(&self, m: &openraft::Membership<NodeId, openraft::BasicNode>) {
-        lock_view(&self.0).reported = Some(spans_nodes(m));
+        lock(&self.0).reported = Some(spans_nodes(m));
     }
 }
 
@@ -199,7 +199,7 @@ impl LogStore {
     /// the shard's established leader, which may return before their sync.
     fn own_leader_id(&self) -> Option<openraft::LeaderId<NodeId>> {
         let me = self.overlap_as?;
-        let vote = (*lock_vote(&self.vote))?;
+        let vote = (*lock(&self.vote))?;
         (vote.is_committed() && vote.leader_id().node_id == me).then_some(*vote.leader_id())
     }
 
@@ -337,19 +337,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-fn lock(m: &Mutex<LogCache>) -> MutexGuard<'_, LogCache> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The cache holds no invariant a panicking holder could break halfway
-    // that a reader relies on beyond what each method re-checks.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_view(m: &Mutex<QuorumView>) -> MutexGuard<'_, QuorumView> {
-    // Plain values, each replaced whole.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_vote(m: &Mutex<Option<Vote>>) -> MutexGuard<'_, Option<Vote>> {
-    // A plain value, replaced whole.
+    // that a reader relies on beyond what each method re-checks; the vote
+    // and the quorum view are plain values, each replaced whole.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -446,13 +437,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encode(vote),
         );
         self.write(vec![op], ErrorSubject::Vote).await?;
-        *lock_vote(&self.vote) = Some(*vote);
+        *lock(&self.vote) = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let vote: Option<Vote> = self.read_state(keys::STATE_VOTE)?;
-        *lock_vote(&self.vote) = vote;
+        *lock(&self.vote) = vote;
         Ok(vote)
     }
 
@@ -487,7 +478,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             all_own &= own.is_some_and(|l| e.log_id.leader_id == l);
             if let openraft::EntryPayload::Membership(m) = &e.payload {
-                lock_view(&self.quorum).appended = Some((e.log_id, spans_nodes(m)));
+                lock(&self.quorum).appended = Some((e.log_id, spans_nodes(m)));
             }
             let value = encode(&e);
             let bytes = value.len();
@@ -505,7 +496,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Readable from the cache from here on; it may let go of them once
         // the write below is on disk.
         let seq = self.cache().append(cached);
-        if all_own && lock_view(&self.quorum).needs_a_peer() {
+        if all_own && lock(&self.quorum).needs_a_peer() {
             return self.append_before_sync(ops, seq, callback).await;
         }
         let res = self.write(ops, ErrorSubject::Logs).await;
@@ -532,7 +523,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries at these indexes, and nobody may read the old ones.
         self.cache().truncate(log_id.index);
         {
-            let mut view = lock_view(&self.quorum);
+            let mut view = lock(&self.quorum);
             if view.appended.is_some_and(|(m, _)| m.index >= log_id.index) {
                 view.appended = None;
             }
