@@ -203,10 +203,12 @@ pub struct LimitsConfig {
 pub struct SessionConfig {
     /// A client idle for longer (by log timestamps) loses its session entry.
     pub ttl_ms: u64,
-    /// A shard leader merges concurrent puts of different sessions (many
-    /// smart clients) into one Raft entry of several parts. Turn it off
-    /// while nodes of a release without such entries (before 2026-12-07)
-    /// are still in the cluster: they cannot read them.
+    /// A shard leader merges concurrent puts of different callers (many
+    /// smart clients, plain gRPC callers) into one Raft entry of one part
+    /// per caller. Turn it off while nodes of a release without such
+    /// entries (before 2026-12-07) are still in the cluster: they cannot
+    /// read them. Off, only puts without a session are merged, into one
+    /// `BatchPut` that a split race refuses as a whole.
     pub merge_puts: bool,
 }
 

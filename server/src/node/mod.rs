@@ -574,6 +574,7 @@ impl Node {
                         shard.raft.clone(),
                         shard.id,
                         now_ms,
+                        self.cfg.sessions.merge_puts,
                     ));
                 }
                 match tokio::time::timeout(left, rx).await {

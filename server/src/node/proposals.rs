@@ -1,9 +1,10 @@
 //! Proposal coalescing on a shard leader: concurrent puts (`Put` and
-//! `BatchPut`) to one shard are proposed together as one Raft entry.
-//! Without a session (plain gRPC clients, requests forwarded for them) they
-//! become one `BatchPut`; when any of them carries a session (every smart
-//! client's coalesced batch) they become one `Multi` entry, each part
-//! applied with its own exactly-once session.
+//! `BatchPut`) to one shard are proposed together as one Raft entry: a
+//! `Multi` entry of one part per caller, each part applied on its own (with
+//! its own exactly-once session, if it has one), so merging never changes
+//! a caller's outcome. With `sessions.merge_puts` off (a rolling upgrade
+//! from a release that cannot read `Multi`) only puts without a session
+//! are merged, into one atomic `BatchPut`.
 //!
 //! Why: openraft 0.9 appends, syncs and replicates every `client_write` on
 //! its own, and its core waits for each append's WAL sync before it takes
@@ -182,13 +183,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// ([`entry_of`]), and sends every caller its outcome. Runs as its own
 /// task, so a caller that gives up does not stop the proposals of the
 /// others.
-pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() -> u64) {
+/// `multi`: the cluster reads `Multi` entries (`sessions.merge_puts`), see
+/// [`entry_of`].
+pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() -> u64, multi: bool) {
     loop {
         // The guard must not live across the awaits below.
         let next = lock(&queues).next_batch(shard);
         let Some(batch) = next else { return };
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
-        let (command, session, replies) = entry_of(batch);
+        let (command, session, replies) = entry_of(batch, multi);
         let req = RaftRequest {
             command,
             session,
@@ -205,10 +208,16 @@ pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() ->
 }
 
 /// The entry a batch becomes (its command and session), and its callers'
-/// replies in the same order: a lone request as itself; a `Put` or
-/// `BatchPut` when no put has a session; else a `Multi` of one part per
-/// caller.
-pub fn entry_of<T>(mut batch: Vec<Pending<T>>) -> (Command, Option<SessionId>, Vec<T>) {
+/// replies in the same order: a lone request as itself; else a `Multi` of
+/// one part per caller, each with its own session or none. A part whose
+/// keys the shard no longer owns (a split raced it) is refused alone, so
+/// the other callers in the entry are not failed with it.
+///
+/// Without `multi` (`sessions.merge_puts` off: some node may not read
+/// `Multi`) only puts without a session get here ([`Queues`] is fed by
+/// the node's `mergeable`), and they become one `BatchPut`, atomic as a
+/// whole: one foreign key refuses every caller in it.
+pub fn entry_of<T>(mut batch: Vec<Pending<T>>, multi: bool) -> (Command, Option<SessionId>, Vec<T>) {
     assert!(!batch.is_empty());
     let mut replies = Vec::with_capacity(batch.len());
     if batch.len() == 1 {
@@ -217,7 +226,11 @@ pub fn entry_of<T>(mut batch: Vec<Pending<T>>) -> (Command, Option<SessionId>, V
             return (command_of(p.pairs), p.session, replies);
         }
     }
-    if batch.iter().all(|p| p.session.is_none()) {
+    if !multi {
+        assert!(
+            batch.iter().all(|p| p.session.is_none()),
+            "puts with a session are merged only into Multi entries"
+        );
         let mut pairs = Vec::new();
         for p in batch {
             pairs.extend(p.pairs);
@@ -339,18 +352,14 @@ mod tests {
             ..put(n, 1)
         };
         // Alone: the request itself, with its session.
-        let (cmd, s, replies) = entry_of(vec![with(1, session(7))]);
-        assert!(matches!(cmd, Command::Put { .. }));
-        assert_eq!((s, replies), (session(7), vec![1]));
-        // No sessions: one BatchPut of every pair, in order.
-        let (cmd, s, replies) = entry_of(vec![put(1, 1), put(2, 1)]);
-        let Command::BatchPut { pairs } = cmd else {
-            panic!("{cmd:?}")
-        };
-        assert_eq!(pairs.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!((s, replies), (None, vec![1, 2]));
-        // Any session: one part per caller, each with its own session.
-        let (cmd, s, replies) = entry_of(vec![with(1, session(7)), put(2, 1), with(3, session(8))]);
+        for multi in [true, false] {
+            let (cmd, s, replies) = entry_of(vec![with(1, session(7))], multi);
+            assert!(matches!(cmd, Command::Put { .. }));
+            assert_eq!((s, replies), (session(7), vec![1]));
+        }
+        // Several: one part per caller, each with its own session or none,
+        // so that one caller's refused part does not refuse the others.
+        let (cmd, s, replies) = entry_of(vec![with(1, session(7)), put(2, 1), with(3, session(8))], true);
         let Command::Multi { parts } = cmd else {
             panic!("{cmd:?}")
         };
@@ -359,6 +368,32 @@ mod tests {
             vec![session(7), None, session(8)]
         );
         assert_eq!((s, replies), (None, vec![1, 2, 3]));
+        let (cmd, _, replies) = entry_of(vec![put(1, 1), put(2, 1)], true);
+        let Command::Multi { parts } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert!(parts
+            .iter()
+            .all(|p| p.session.is_none() && matches!(p.command, Command::Put { .. })));
+        assert_eq!(replies, vec![1, 2]);
+        // Multi entries off: puts without a session become one BatchPut of
+        // every pair, in order.
+        let (cmd, s, replies) = entry_of(vec![put(1, 1), put(2, 1)], false);
+        let Command::BatchPut { pairs } = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(pairs.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!((s, replies), (None, vec![1, 2]));
+    }
+
+    #[test]
+    #[should_panic(expected = "only into Multi entries")]
+    fn a_session_without_multi_entries_is_a_bug() {
+        let sessioned = Pending {
+            session: session(7),
+            ..put(1, 1)
+        };
+        entry_of(vec![sessioned, put(2, 1)], false);
     }
 
     #[test]

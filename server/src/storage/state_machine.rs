@@ -1585,6 +1585,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_merged_entry_refuses_only_the_parts_a_split_took_away() {
+        // The leader merged three callers' puts without sessions; a split
+        // gave one caller's key away before the entry applied.
+        let at = 1u64 << 63;
+        let mut f = fixture(vec![TokenRange {
+            start: 0,
+            end: Some(at),
+        }]);
+        let (low, high, both) = batch_across("merged", at);
+        let part = |command| crate::raft::types::Part { command, session: None };
+        let multi = Command::Multi {
+            parts: vec![part(put(&low, "1")), part(both), part(put(&high, "3"))],
+        };
+        let out = f.apply(vec![req(multi, None, 10)]).await;
+        let RaftResponse::Multi { responses } = &out[0] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(responses[0], RaftResponse::Done);
+        // A caller's own batch stays all-or-nothing.
+        assert!(matches!(responses[1], RaftResponse::Rejected { .. }), "{responses:?}");
+        assert!(matches!(responses[2], RaftResponse::Rejected { .. }), "{responses:?}");
+        assert_eq!(f.value(&low).as_deref(), Some(&b"1"[..]), "the owned part applied");
+        assert_eq!(f.value(&high), None);
+    }
+
+    #[tokio::test]
     async fn commands_apply_and_reads_see_earlier_entries_of_the_same_batch() {
         let mut f = fixture(whole_ring());
         let out = f
