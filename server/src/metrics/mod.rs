@@ -244,6 +244,18 @@ pub fn render(node: &Node) -> String {
         "Requests that rode in those merged entries.",
     );
     sample(&mut out, "ringkv_merged_requests_total", &node_label, merged_requests);
+    let refused = node
+        .proposals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .merged_parts_refused();
+    family(
+        &mut out,
+        "ringkv_merged_parts_refused_total",
+        "counter",
+        "Callers' parts of merged entries refused because a split moved their keys first (they retry).",
+    );
+    sample(&mut out, "ringkv_merged_parts_refused_total", &node_label, refused);
     family(
         &mut out,
         "ringkv_forwarded_requests_total",

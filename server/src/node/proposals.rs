@@ -97,6 +97,9 @@ pub struct Queues<T> {
     /// Entries proposed for more than one request, and those requests.
     merged_entries: u64,
     merged_requests: u64,
+    /// Parts of merged entries the state machine refused (a split moved
+    /// their keys away before the entry applied).
+    merged_parts_refused: u64,
 }
 
 impl<T> Queues<T> {
@@ -108,6 +111,7 @@ impl<T> Queues<T> {
             queued: 0,
             merged_entries: 0,
             merged_requests: 0,
+            merged_parts_refused: 0,
         }
     }
 
@@ -115,6 +119,11 @@ impl<T> Queues<T> {
     /// requests those carried.
     pub fn merged(&self) -> (u64, u64) {
         (self.merged_entries, self.merged_requests)
+    }
+
+    /// Parts of merged entries refused so far (see [`refused_parts`]).
+    pub fn merged_parts_refused(&self) -> u64 {
+        self.merged_parts_refused
     }
 
     /// Queues `p` under `shard`. `Ok(true)`: the shard has a free slot and
@@ -199,6 +208,10 @@ pub async fn drain(queues: SharedQueues, raft: Raft, shard: u64, now_ms: fn() ->
         };
         let left = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::time::timeout(left, raft.client_write(req)).await.ok();
+        let refused = refused_parts(&outcome);
+        if refused > 0 {
+            lock(&queues).merged_parts_refused += refused;
+        }
         let n = replies.len();
         for (i, reply) in replies.into_iter().enumerate() {
             // A caller that gave up already answered DEADLINE_EXCEEDED.
@@ -247,6 +260,22 @@ pub fn entry_of<T>(mut batch: Vec<Pending<T>>, multi: bool) -> (Command, Option<
         replies.push(p.reply);
     }
     (Command::Multi { parts }, None, replies)
+}
+
+/// How many parts of a merged entry the state machine refused: the callers
+/// whose keys a split moved away while the entry was in flight (each gets
+/// `WRONG_SHARD` and retries; the other parts applied).
+pub fn refused_parts(o: &Outcome) -> u64 {
+    match o {
+        Some(Ok(w)) => match &w.data {
+            RaftResponse::Multi { responses } => responses
+                .iter()
+                .filter(|r| matches!(r, RaftResponse::Rejected { .. }))
+                .count() as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
 }
 
 /// One pair as a `Put`, several as a `BatchPut`.
@@ -394,6 +423,26 @@ mod tests {
             ..put(1, 1)
         };
         entry_of(vec![sessioned, put(2, 1)], false);
+    }
+
+    #[test]
+    fn refused_parts_counts_only_the_refused_parts_of_a_merged_entry() {
+        let written = |data| {
+            Some(Ok(ClientWriteResponse {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 5),
+                data,
+                membership: None,
+            }))
+        };
+        let refused = || RaftResponse::Rejected { reason: "moved".into() };
+        let multi = RaftResponse::Multi {
+            responses: vec![refused(), RaftResponse::Done, refused()],
+        };
+        assert_eq!(refused_parts(&written(multi)), 2);
+        // A whole entry refused is not a merged entry's part.
+        assert_eq!(refused_parts(&written(refused())), 0);
+        assert_eq!(refused_parts(&written(RaftResponse::Done)), 0);
+        assert_eq!(refused_parts(&None), 0, "outcome unknown");
     }
 
     #[test]
