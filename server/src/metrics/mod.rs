@@ -229,7 +229,7 @@ pub fn render(node: &Node) -> String {
         &node_label,
         node.stats.client_writes.load(Ordering::Relaxed),
     );
-    let (merged_entries, merged_requests) = node.proposals.lock().unwrap_or_else(|p| p.into_inner()).merged();
+    let (merged_entries, merged_requests, refused) = node.proposals.lock().unwrap_or_else(|p| p.into_inner()).merged();
     family(
         &mut out,
         "ringkv_merged_entries_total",
@@ -244,11 +244,6 @@ pub fn render(node: &Node) -> String {
         "Requests that rode in those merged entries.",
     );
     sample(&mut out, "ringkv_merged_requests_total", &node_label, merged_requests);
-    let refused = node
-        .proposals
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .merged_parts_refused();
     family(
         &mut out,
         "ringkv_merged_parts_refused_total",

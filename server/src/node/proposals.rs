@@ -115,15 +115,11 @@ impl<T> Queues<T> {
         }
     }
 
-    /// Entries that carried more than one request so far, and how many
-    /// requests those carried.
-    pub fn merged(&self) -> (u64, u64) {
-        (self.merged_entries, self.merged_requests)
-    }
-
-    /// Parts of merged entries refused so far (see [`refused_parts`]).
-    pub fn merged_parts_refused(&self) -> u64 {
-        self.merged_parts_refused
+    /// Entries that carried more than one request so far, how many
+    /// requests those carried, and how many of their parts were refused
+    /// (see [`refused_parts`]).
+    pub fn merged(&self) -> (u64, u64, u64) {
+        (self.merged_entries, self.merged_requests, self.merged_parts_refused)
     }
 
     /// Queues `p` under `shard`. `Ok(true)`: the shard has a free slot and
@@ -343,7 +339,7 @@ mod tests {
         assert_eq!(ids(q.next_batch(7).unwrap()), vec![1, 2, 3]);
         assert_eq!(ids(q.next_batch(7).unwrap()), vec![4, 5]);
         assert!(q.next_batch(7).is_none(), "empty: the drain ends");
-        assert_eq!(q.merged(), (2, 5));
+        assert_eq!(q.merged(), (2, 5, 0));
         assert!(q.push(7, put(6, 10)).unwrap(), "and the next put starts a new one");
         assert_eq!(q.queued, 2);
     }
