@@ -1,5 +1,6 @@
 //! Grows a 3-node cluster to 5 under continuous smart-client reads and
-//! writes (two nodes started with `--join`), waits for the metadata
+//! writes (two nodes started with `--join`, one of them given a dead seed
+//! before a live one), waits for the metadata
 //! leader's rebalancer to even out replicas and leaders, then decommissions
 //! one of the new nodes under the same load. The load must see no error
 //! and no lost write; afterwards replica and leader counts per node are
@@ -182,7 +183,10 @@ async fn grow_then_decommission(initial_shards: u32, grown_shards: usize, extra:
     load.wait_ops(300, Duration::from_secs(60)).await;
 
     let four = c.add_joining_node(1, vec![]);
-    let five = c.add_joining_node(2, vec![]);
+    // Node 5's first seed has nothing listening: its join must go on
+    // through the next one.
+    let dead_seed = format!("127.0.0.1:{}", common::free_port());
+    let five = c.add_node_joining_through(format!("{dead_seed},{}", c.addr(2)), vec![]);
     assert_eq!((four, five), (4, 5));
     let mut a = c.admin(1).await.expect("admin 1");
     let (grown, listing) = wait_balanced(&c, &mut a, &[1, 2, 3, 4, 5], grown_shards).await;

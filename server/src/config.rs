@@ -16,6 +16,8 @@ use serde::Serialize;
 pub const SHARDS_MAX: u32 = 4096;
 /// Upper bound on the nodes named in `initial_cluster`.
 pub const INITIAL_NODES_MAX: usize = 64;
+/// Most addresses in `join`.
+pub const JOIN_SEEDS_MAX: usize = 16;
 
 /// Errors in configuration; reported once at startup.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +58,9 @@ pub struct Config {
     /// one group. Fewer, larger groups put more requests in each Raft entry
     /// (see docs/performance.md); shards split as they grow.
     pub shards: u32,
-    /// `host:port` of any member of a running cluster: on first start the
-    /// node joins that cluster instead of bootstrapping one (then
+    /// `ip:port` of members of a running cluster, comma-separated (one is
+    /// enough; several let the join go through whichever answers): on first
+    /// start the node joins that cluster instead of bootstrapping one (then
     /// `initial_cluster` and `shards` are not used). Ignored on restarts.
     pub join: String,
     /// Address peers and clients reach this node at. Empty = its address in
@@ -402,6 +405,11 @@ impl Config {
         parse_initial_cluster(&self.initial_cluster)
     }
 
+    /// The members a joining node asks, in order, from `join`.
+    pub fn join_seeds(&self) -> Result<Vec<String>, ConfigError> {
+        parse_join(&self.join)
+    }
+
     /// The data shards a bootstrap creates: `shards`, or one per node of
     /// `initial_cluster` when it is 0. Every node of a bootstrap computes the
     /// same number from the same flags.
@@ -470,9 +478,7 @@ impl Config {
                 ));
             }
         } else {
-            if self.join.parse::<SocketAddr>().is_err() {
-                return bad(format!("join {:?} is not an ip:port address", self.join));
-            }
+            self.join_seeds()?;
             if self
                 .advertise_addr()
                 .parse::<SocketAddr>()
@@ -605,6 +611,31 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
 }
 
 /// Parses `1=host:port,2=host:port`.
+/// Parses `join`: `ip:port[,ip:port...]`, at least one, at most
+/// [`JOIN_SEEDS_MAX`].
+pub fn parse_join(s: &str) -> Result<Vec<String>, ConfigError> {
+    let mut seeds: Vec<String> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "join entry {part:?} is not an ip:port address"
+            )));
+        }
+        if !seeds.iter().any(|a| a == part) {
+            seeds.push(part.to_string());
+        }
+    }
+    if seeds.is_empty() {
+        return Err(ConfigError::Invalid(format!("join {s:?} names no address")));
+    }
+    if seeds.len() > JOIN_SEEDS_MAX {
+        return Err(ConfigError::Invalid(format!(
+            "join names more than {JOIN_SEEDS_MAX} addresses"
+        )));
+    }
+    Ok(seeds)
+}
+
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut nodes = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -690,6 +721,37 @@ mod tests {
         assert!(parse_initial_cluster("1=foo").is_err());
         assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
         assert!(parse_initial_cluster("").is_err());
+    }
+
+    #[test]
+    fn join_takes_one_or_more_addresses() {
+        let mut c = valid();
+        c.node_id = 4;
+        c.join = "127.0.0.1:1".into();
+        c.validate().unwrap();
+        assert_eq!(c.join_seeds().unwrap(), ["127.0.0.1:1"]);
+        c.join = " 127.0.0.1:1, [::1]:2,127.0.0.1:1,".into();
+        c.validate().unwrap();
+        assert_eq!(
+            c.join_seeds().unwrap(),
+            ["127.0.0.1:1", "[::1]:2"],
+            "in order, once each"
+        );
+        for bad in [",", "127.0.0.1:1,ringkv-0:50051", "127.0.0.1"] {
+            c.join = bad.into();
+            assert!(c.validate().is_err(), "join {bad:?} accepted");
+        }
+        c.join = (1..=JOIN_SEEDS_MAX + 1)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(c.validate().is_err(), "more than JOIN_SEEDS_MAX seeds accepted");
+        c.join = "127.0.0.1:1".into();
+        c.listen = "0.0.0.0:7".into();
+        c.initial_cluster.clear();
+        assert!(c.validate().is_err(), "a wildcard listen without advertise");
+        c.advertise = "10.0.0.4:7".into();
+        c.validate().unwrap();
     }
 
     #[test]

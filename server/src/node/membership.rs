@@ -260,19 +260,59 @@ async fn follow_metrics(shard: u64, raft: Raft, feed: crate::storage::log_store:
     }
 }
 
-/// Registers this node with the cluster that has a member at `cfg.join`
-/// and returns a layout that names it.
+/// Registers this node with the cluster that has members at `cfg.join`
+/// and returns a layout that names it. Each attempt asks the next address
+/// of `join` in turn, so the join goes through while some of them are down.
+///
+/// Refuses ([`NodeError::AlreadyMember`]) when the cluster already names
+/// this node before it asked to be added: only a node with an empty data
+/// dir joins, and a member with an empty data dir has lost the votes and
+/// log entries the others may count on.
 pub(super) async fn join_cluster(
     cfg: &Config,
     pool: &Arc<PeerPool>,
     admin_token: Option<&str>,
 ) -> Result<ClusterLayout, NodeError> {
     let addr = cfg.advertise_addr();
-    let seed = pool
-        .peer(JOIN_SEED_PEER_ID, &cfg.join)
-        .map_err(|e| NodeError::Raft(format!("join {}: {e}", cfg.join)))?;
+    let seeds = cfg.join_seeds()?;
+    assert!(!seeds.is_empty(), "parse_join returns at least one address");
     let mut last_error = String::new();
+    // Once an AddNode went out it may have been applied, whatever its
+    // answer: from then on the layout naming this node is this join's doing.
+    let mut asked = false;
     for attempt in 1..=JOIN_ATTEMPTS_MAX {
+        let via = &seeds[(attempt as usize - 1) % seeds.len()];
+        // One pseudo id for whichever seed is asked: the pool replaces the
+        // connection when the address changes.
+        let seed = pool
+            .peer(JOIN_SEED_PEER_ID, via)
+            .map_err(|e| NodeError::Raft(format!("join {via}: {e}")))?;
+        if !asked {
+            match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
+                Ok(Polled { layout: Some(l), .. }) => {
+                    if let Some(a) = l.nodes.get(&cfg.node_id) {
+                        return Err(NodeError::AlreadyMember {
+                            id: cfg.node_id,
+                            addr: a.clone(),
+                            epoch: l.epoch,
+                        });
+                    }
+                }
+                Ok(Polled { layout: None, .. }) => {
+                    last_error = format!("{via} has no layout yet");
+                    tracing::info!(attempt, error = %last_error, "joining: retrying");
+                    tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+                    continue;
+                }
+                Err(e) => {
+                    last_error = format!("{via}: {e}");
+                    tracing::info!(attempt, error = %last_error, "joining: retrying");
+                    tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
+                    continue;
+                }
+            }
+            asked = true;
+        }
         let mut req = tonic::Request::new(AddNodeRequest {
             node_id: cfg.node_id,
             addr: addr.clone(),
@@ -294,18 +334,18 @@ pub(super) async fn join_cluster(
                     {
                         return Ok(l)
                     }
-                    Ok(_) => last_error = "the seed does not know the new layout yet".into(),
-                    Err(e) => last_error = e,
+                    Ok(_) => last_error = format!("{via} does not know the new layout yet"),
+                    Err(e) => last_error = format!("{via}: {e}"),
                 }
             }
             Err(status) => {
                 if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::Unauthenticated {
-                    return Err(NodeError::Raft(format!("join refused: {}", status.message())));
+                    return Err(NodeError::Raft(format!("join refused by {via}: {}", status.message())));
                 }
-                last_error = status.message().to_string();
+                last_error = format!("{via}: {}", status.message());
             }
         }
-        tracing::info!(attempt, error = %last_error, seed = %cfg.join, "joining: retrying");
+        tracing::info!(attempt, error = %last_error, "joining: retrying");
         tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
     }
     Err(NodeError::Raft(format!(

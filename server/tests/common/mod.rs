@@ -264,8 +264,14 @@ impl Cluster {
     /// Starts a new node (the next id) that joins the cluster through node
     /// `via`, with `env`; returns its id. It is not waited for.
     pub fn add_joining_node(&mut self, via: u64, env: Vec<(String, String)>) -> u64 {
-        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let join = self.addr(via).to_string();
+        self.add_node_joining_through(join, env)
+    }
+
+    /// Starts a new node (the next id) with `--join join` (one or more
+    /// addresses), with `env`; returns its id. It is not waited for.
+    pub fn add_node_joining_through(&mut self, join: String, env: Vec<(String, String)>) -> u64 {
+        let id = self.nodes.keys().max().copied().unwrap_or(0) + 1;
         let addr = format!("127.0.0.1:{}", free_port());
         self.nodes.insert(
             id,
