@@ -73,6 +73,14 @@ pub enum NodeError {
     AdminToken(String),
     #[error("data dir belongs to node {found}, not node {configured}")]
     WrongNode { found: u64, configured: u64 },
+    #[error(
+        "node {id} is already a member of the cluster (at {addr}, layout epoch {epoch}) but its data dir \
+         is empty: its data was lost, or an earlier join stopped halfway. Joining empty could lose \
+         acknowledged writes (the node would have forgotten its Raft votes and log). Decommission it \
+         first (Admin/RemoveNode {{\"nodeId\": {id}}}), wait until Admin/ListNodes no longer lists it, \
+         then start it again"
+    )]
+    AlreadyMember { id: u64, addr: String, epoch: u64 },
 }
 
 /// What a node writes once it has bootstrapped, so a restart resumes the same
