@@ -17,7 +17,9 @@
 #       kustomization references exist; StatefulSet / Services / PDB agree
 #       (replicas, labels, selectors, port names, per-pod peer Services,
 #       probes, uid, Parallel pod management); start.sh passes shellcheck and
-#       derives the right flags when run with a stub getent and server
+#       derives the right flags (bootstrap and joining pods) when run with a
+#       stub getent and server; peer-service.sh prints the Services that
+#       services.yaml holds
 #   deploy/grafana/*.json
 #       parses; every ringkv_* metric (less _bucket/_sum/_count) exists in
 #       server/src/metrics/mod.rs, _bucket only on histograms; every label
@@ -123,12 +125,14 @@ else
 fi
 
 if [[ $have_shellcheck -eq 1 ]]; then
-    log "shellcheck deploy/k8s/start.sh scripts/lint-deploy.sh"
+    log "shellcheck deploy/k8s/start.sh deploy/k8s/peer-service.sh scripts/lint-deploy.sh"
     shellcheck -s sh deploy/k8s/start.sh || fail "deploy/k8s/start.sh: shellcheck found problems (above)"
+    shellcheck -s sh deploy/k8s/peer-service.sh || fail "deploy/k8s/peer-service.sh: shellcheck found problems (above)"
     shellcheck scripts/lint-deploy.sh || fail "scripts/lint-deploy.sh: shellcheck found problems (above)"
 else
     skipped+=("shellcheck")
     sh -n deploy/k8s/start.sh || fail "deploy/k8s/start.sh: sh -n: syntax error"
+    sh -n deploy/k8s/peer-service.sh || fail "deploy/k8s/peer-service.sh: sh -n: syntax error"
 fi
 
 # ---------------------------------------------------------------------------
@@ -186,7 +190,7 @@ expect_args "--node-id
 --shards
 0
 --slow-request-ms
-250" POD_NAME=ringkv-1 RINGKV_REPLICAS=3
+250" POD_NAME=ringkv-1 RINGKV_REPLICAS=3 # the old name of RINGKV_BOOTSTRAP_NODES
 grep -q 'waiting for DNS name ringkv-peer-2' "$stub/stderr" \
     || fail "deploy/k8s/start.sh: did not report waiting for an unresolved peer name"
 expect_args "--node-id
@@ -202,20 +206,49 @@ expect_args "--node-id
 --shards
 4
 --slow-request-ms
-250" POD_NAME=kv-0 RINGKV_REPLICAS=1 RINGKV_PEER_PREFIX=v6-peer- RINGKV_SHARDS=4 \
+250" POD_NAME=kv-0 RINGKV_BOOTSTRAP_NODES=1 RINGKV_PEER_PREFIX=v6-peer- RINGKV_SHARDS=4 \
     RINGKV_GRPC_PORT=7000 RINGKV_DATA_DIR=/data 'RINGKV_LISTEN_HOST=[::]'
-if start_sh POD_NAME=ringkv-3 RINGKV_REPLICAS=3 >/dev/null; then
-    fail "deploy/k8s/start.sh: pod ordinal 3 of a 3-node cluster was accepted"
+# A pod beyond the bootstrap joins through every bootstrap pod, advertising
+# its own peer Service.
+expect_args "--node-id
+4
+--listen
+0.0.0.0:50051
+--status-listen
+0.0.0.0:9091
+--data-dir
+/var/lib/ringkv
+--advertise
+10.96.0.13:50051
+--join
+10.96.0.10:50051,10.96.0.11:50051,10.96.0.12:50051
+--slow-request-ms
+250" POD_NAME=ringkv-3 RINGKV_BOOTSTRAP_NODES=3
+# ... and waits, saying how to create it, while its Service does not exist.
+if start_sh timeout 5 env POD_NAME=ringkv-10 RINGKV_BOOTSTRAP_NODES=3 >/dev/null; then
+    fail "deploy/k8s/start.sh: pod ringkv-10 started without its peer Service"
 fi
-if start_sh POD_NAME=ringkv RINGKV_REPLICAS=3 >/dev/null; then
+grep -q 'peer-service.sh 10 | kubectl apply' "$stub/stderr" \
+    || fail "deploy/k8s/start.sh: a pod without its peer Service did not say how to create it"
+if start_sh POD_NAME=ringkv-1 >/dev/null; then
+    fail "deploy/k8s/start.sh: started without RINGKV_BOOTSTRAP_NODES"
+fi
+if start_sh POD_NAME=ringkv RINGKV_BOOTSTRAP_NODES=3 >/dev/null; then
     fail "deploy/k8s/start.sh: a pod name without an ordinal was accepted"
+fi
+# deploy/k8s/peer-service.sh: compared with services.yaml below.
+if ! sh deploy/k8s/peer-service.sh 0 1 2 >"$stub/peer-services.yaml" 2>"$stub/stderr"; then
+    fail "deploy/k8s/peer-service.sh 0 1 2 failed: $(cat "$stub/stderr")"
+fi
+if sh deploy/k8s/peer-service.sh 3 x >/dev/null 2>&1; then
+    fail "deploy/k8s/peer-service.sh accepted a non-numeric ordinal"
 fi
 
 # ---------------------------------------------------------------------------
 # Structure checks (python3 + PyYAML)
 # ---------------------------------------------------------------------------
 log "checking YAML, Dockerfile, compose, Kubernetes and dashboard consistency"
-LINT_HAVE_PROMQL=$have_promql python3 - <<'PY' || failed=1
+LINT_HAVE_PROMQL=$have_promql LINT_PEER_SERVICES="$stub/peer-services.yaml" python3 - <<'PY' || failed=1
 import ipaddress
 import json
 import os
@@ -575,8 +608,9 @@ for p, sts in sts_list:
         if ports.get("grpc") != 50051 or ports.get("status") != 9091:
             err(p, "container ports must be grpc 50051 and status 9091")
         env = {e["name"]: e.get("value") for e in ctr.get("env") or []}
-        if str(replicas) != str(env.get("RINGKV_REPLICAS")):
-            err(p, f"replicas {replicas} but RINGKV_REPLICAS {env.get('RINGKV_REPLICAS')}")
+        boot = env.get("RINGKV_BOOTSTRAP_NODES")
+        if not (str(boot).isdigit() and isinstance(replicas, int) and 1 <= int(boot) <= replicas):
+            err(p, f"RINGKV_BOOTSTRAP_NODES {boot!r} must be a number from 1 to replicas ({replicas})")
         if "POD_NAME" not in env:
             err(p, "no POD_NAME env (start.sh derives the node id from it)")
         prefix = env.get("RINGKV_PEER_PREFIX") or "ringkv-peer-"
@@ -627,6 +661,22 @@ for p, sts in sts_list:
                 err(sp, f"{sname} must select pod {name}-{i} by statefulset.kubernetes.io/pod-name")
             if not sub(sel, labels):
                 err(sp, f"{sname} selector does not match the pod labels")
+    # peer-service.sh prints the same Services as services.yaml holds.
+    generated_path = os.environ.get("LINT_PEER_SERVICES", "")
+    if generated_path and os.path.exists(generated_path) and isinstance(replicas, int):
+        try:
+            generated = [d for d in yaml.safe_load_all(read(generated_path)) if d is not None]
+        except yaml.YAMLError as e:
+            generated = []
+            err(f"{K8S}/peer-service.sh", f"prints YAML that does not parse: {e}")
+        for g in generated:
+            gname = (g.get("metadata") or {}).get("name")
+            if gname not in services:
+                err(f"{K8S}/peer-service.sh", f"printed {gname}, which services.yaml does not hold")
+            elif g != services[gname][1]:
+                err(f"{K8S}/peer-service.sh", f"prints {gname} differently from services.yaml")
+        if len(generated) != 3:
+            err(f"{K8S}/peer-service.sh", f"printed {len(generated)} Services for ordinals 0 1 2")
     for sname, (sp, s) in services.items():
         ss = s.get("spec") or {}
         sel = dict(ss.get("selector") or {})
