@@ -5,7 +5,8 @@
 //! One writer thread drains the queue: whatever arrived while the previous
 //! sync ran goes into the next batch, so the batch grows with the load. A
 //! request's reply is sent only after the sync that covers it returned; no
-//! caller ever hears "flushed" before its bytes are on disk.
+//! caller ever hears "flushed" before its bytes are on disk. A write that
+//! fails for want of a working disk stops the node ([`super::written`]).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -163,7 +164,7 @@ fn writer_loop(db: Arc<Db>, mut rx: mpsc::Receiver<Job>, requests_max: usize, st
                 }
             }
             let started = std::time::Instant::now();
-            let written = db.raw().write_opt(batch, &sync).map_err(StorageError::from);
+            let written = super::written("group commit", db.raw().write_opt(batch, &sync));
             stats.sync_seconds.observe(started.elapsed().as_secs_f64());
             written
         };

@@ -86,6 +86,33 @@ impl From<rocksdb::Error> for StorageError {
     }
 }
 
+/// Passes on the outcome of a write to the database (`what` names it for
+/// the log), except a failure that leaves the database unable to write:
+/// an I/O error (a full or failing disk) or corruption. RocksDB refuses
+/// every later write after one, and Raft may already count the failed
+/// write (a leader's append reported before its sync) or cannot go on
+/// without it, so the node stops, as etcd and TiKV do on a failed log
+/// write: a restart reopens the database and recovers from what is on
+/// disk, and a supervisor sees the crash instead of a live process whose
+/// shards have all stopped. Other failures (a bad argument: a bug) go to
+/// the caller.
+pub fn written(what: &str, r: Result<(), rocksdb::Error>) -> Result<(), StorageError> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if fatal_write_error(e.kind()) => {
+            tracing::error!(error = %e, what, "a write to the node's database failed; aborting");
+            std::process::abort();
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether a write that failed with `kind` leaves the database unable to
+/// write (see [`written`]).
+pub fn fatal_write_error(kind: rocksdb::ErrorKind) -> bool {
+    matches!(kind, rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption)
+}
+
 /// The node's database.
 pub struct Db {
     db: DB,
@@ -176,7 +203,7 @@ impl Db {
     pub fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
-        Ok(self.db.write_opt(batch, &opts)?)
+        written("synced write", self.db.write_opt(batch, &opts))
     }
 
     pub fn raw(&self) -> &DB {
@@ -193,7 +220,7 @@ impl Db {
     pub fn write_without_wal(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
-        Ok(self.db.write_opt(batch, &opts)?)
+        written("write without WAL", self.db.write_opt(batch, &opts))
     }
 
     /// Flushes the memtables of `cfs` to SST files and waits for it: makes
@@ -202,7 +229,7 @@ impl Db {
         let mut opts = rocksdb::FlushOptions::default();
         opts.set_wait(true);
         let handles: Vec<&ColumnFamily> = cfs.iter().map(|c| self.cf(*c)).collect();
-        Ok(self.db.flush_cfs_opt(&handles, &opts)?)
+        written("flush", self.db.flush_cfs_opt(&handles, &opts))
     }
 
     /// Options for SST files built outside the database to be ingested.
@@ -219,9 +246,10 @@ impl Db {
         }
         let mut opts = rocksdb::IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        Ok(self
-            .db
-            .ingest_external_file_cf_opts(self.cf(cf), &opts, paths.to_vec())?)
+        written(
+            "ingest",
+            self.db.ingest_external_file_cf_opts(self.cf(cf), &opts, paths.to_vec()),
+        )
     }
 
     /// Writes a batch without waiting for the WAL to reach disk. Used by the
@@ -229,7 +257,7 @@ impl Db {
     pub fn write_unsynced(&self, batch: rocksdb::WriteBatch) -> Result<(), StorageError> {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(false);
-        Ok(self.db.write_opt(batch, &opts)?)
+        written("unsynced write", self.db.write_opt(batch, &opts))
     }
 }
 
