@@ -84,7 +84,8 @@ pub struct NodeProc {
     pub log: PathBuf,
     /// libfaketime's offset file for this node.
     pub clock_file: PathBuf,
-    /// The member it joined through (`--join`); `None` for bootstrap nodes.
+    /// The members it joins through (`--join`, comma-separated); `None` for
+    /// bootstrap nodes.
     pub join: Option<String>,
     /// Left the layout and stopped for good.
     pub retired: bool,
@@ -214,7 +215,8 @@ impl Cluster {
     }
 
     /// Starts node `id` (the next unused id) with `--join` through the
-    /// running node `via`. Returns at once: the node joins on its own.
+    /// running node `via` (and the other bootstrap nodes after it). Returns
+    /// at once: the node joins on its own.
     pub fn add_joining_node(&mut self, id: u64, via: u64) -> anyhow::Result<()> {
         anyhow::ensure!(
             id > self.nodes.len() as u64,
@@ -225,7 +227,13 @@ impl Cluster {
             (via as usize) <= self.nodes.len() && self.is_up(via),
             "node {via} is not running"
         );
-        let join = self.nodes[(via - 1) as usize].addr.clone();
+        // `via` first, then the other bootstrap nodes: the join goes on
+        // through those if a fault takes `via` down meanwhile.
+        let others = self.nodes.iter().filter(|n| n.join.is_none() && n.id != via);
+        let join = std::iter::once(self.nodes[(via - 1) as usize].addr.as_str())
+            .chain(others.map(|n| n.addr.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
         // Ids of joins that never started stay unused.
         while (self.nodes.len() as u64) < id {
             let id = self.nodes.len() as u64 + 1;

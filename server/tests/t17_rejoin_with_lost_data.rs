@@ -58,19 +58,13 @@ async fn a_member_with_an_empty_data_dir_is_refused_until_removed() {
     std::fs::remove_dir_all(&data_dir).expect("wipe node 4");
     c.restart(four);
     let status = loop {
-        let child = c
-            .nodes
-            .get_mut(&four)
-            .and_then(|n| n.child.as_mut())
-            .expect("node 4 spawned");
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = c.exited(four) {
             break s;
         }
         assert!(Instant::now() < deadline, "node 4 started empty as a member");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(!status.success(), "node 4 exited with {status}");
-    c.nodes.get_mut(&four).expect("node 4").child = None;
     let log = std::fs::read_to_string(&c.nodes[&four].log).expect("read log");
     assert!(log.contains("is already a member of the cluster"), "{log}");
     c.put_retry(b"t17-during", b"2", deadline)

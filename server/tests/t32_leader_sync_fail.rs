@@ -61,12 +61,7 @@ async fn a_leader_whose_log_write_fails_after_the_handoff_aborts_and_loses_nothi
 
     // Move the leadership until the victim takes it and dies of it.
     let status = loop {
-        let child = c
-            .nodes
-            .get_mut(&victim)
-            .and_then(|n| n.child.as_mut())
-            .expect("victim started");
-        if let Some(status) = child.try_wait().expect("wait") {
+        if let Some(status) = c.exited(victim) {
             break status;
         }
         assert!(
@@ -85,7 +80,6 @@ async fn a_leader_whose_log_write_fails_after_the_handoff_aborts_and_loses_nothi
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    c.nodes.get_mut(&victim).expect("victim").child = None;
     assert_eq!(
         status.signal(),
         Some(SIGABRT),

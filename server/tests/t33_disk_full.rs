@@ -98,8 +98,7 @@ async fn a_node_whose_disk_fills_up_aborts_and_loses_nothing() {
             .await
             .unwrap_or_else(|e| panic!("seed {seed}: put {i} while node 3's disk fills: {e}"));
         acked.push((k, value.clone()));
-        let child = c.nodes.get_mut(&VICTIM).and_then(|n| n.child.as_mut()).expect("node 3");
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = c.exited(VICTIM) {
             eprintln!("seed {seed}: node 3 exited after {} filling puts: {s}", i + 1);
             status = Some(s);
             break;
@@ -111,12 +110,10 @@ async fn a_node_whose_disk_fills_up_aborts_and_loses_nothing() {
     }
     // It may exit a moment after the put that filled its disk.
     while status.is_none() && Instant::now() < deadline {
-        let child = c.nodes.get_mut(&VICTIM).and_then(|n| n.child.as_mut()).expect("node 3");
-        status = child.try_wait().expect("wait");
+        status = c.exited(VICTIM);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let status = status.unwrap_or_else(|| panic!("seed {seed}: node 3 never stopped on a full disk"));
-    c.nodes.get_mut(&VICTIM).expect("node 3").child = None;
     assert_eq!(
         status.signal(),
         Some(SIGABRT),

@@ -257,6 +257,15 @@ impl Cluster {
         }
     }
 
+    /// How node `id`'s process ended, once it has (from then on the node
+    /// counts as stopped); `None` while it runs, or when it is not started.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let n = self.nodes.get_mut(&id).expect("known node");
+        let status = n.child.as_mut()?.try_wait().expect("wait for a node")?;
+        n.child = None;
+        Some(status)
+    }
+
     pub fn restart(&mut self, id: u64) {
         self.spawn(id);
     }
