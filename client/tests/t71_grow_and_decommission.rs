@@ -1,6 +1,6 @@
 //! Grows a 3-node cluster to 5 under continuous smart-client reads and
-//! writes (two nodes started with `--join`, one of them given a dead seed
-//! before a live one), waits for the metadata
+//! writes (two nodes started with `--join`: one through a host name, one
+//! given a dead seed before a live one), waits for the metadata
 //! leader's rebalancer to even out replicas and leaders, then decommissions
 //! one of the new nodes under the same load. The load must see no error
 //! and no lost write; afterwards replica and leader counts per node are
@@ -182,7 +182,9 @@ async fn grow_then_decommission(initial_shards: u32, grown_shards: usize, extra:
     let load = load::Load::start(client.clone(), "t71", 4, seed);
     load.wait_ops(300, Duration::from_secs(60)).await;
 
-    let four = c.add_joining_node(1, vec![]);
+    // Node 4 joins through a host name (resolved by the node).
+    let port_1 = c.addr(1).rsplit_once(':').expect("ip:port").1.to_string();
+    let four = c.add_node_joining_through(format!("localhost:{port_1}"), vec![]);
     // Node 5's first seed has nothing listening: its join must go on
     // through the next one.
     let dead_seed = format!("127.0.0.1:{}", common::free_port());

@@ -58,8 +58,9 @@ pub struct Config {
     /// one group. Fewer, larger groups put more requests in each Raft entry
     /// (see docs/performance.md); shards split as they grow.
     pub shards: u32,
-    /// `ip:port` of members of a running cluster, comma-separated (one is
-    /// enough; several let the join go through whichever answers): on first
+    /// `host:port` of members of a running cluster (an IP address or a DNS
+    /// name, resolved when joining), comma-separated (one is enough; several
+    /// let the join go through whichever answers): on first
     /// start the node joins that cluster instead of bootstrapping one (then
     /// `initial_cluster` and `shards` are not used). Ignored on restarts.
     pub join: String,
@@ -611,14 +612,15 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
 }
 
 /// Parses `1=host:port,2=host:port`.
-/// Parses `join`: `ip:port[,ip:port...]`, at least one, at most
+/// Parses `join`: `host:port[,host:port...]` (a host is an IP address or a
+/// DNS name, resolved when the node joins), at least one, at most
 /// [`JOIN_SEEDS_MAX`].
 pub fn parse_join(s: &str) -> Result<Vec<String>, ConfigError> {
     let mut seeds: Vec<String> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        if part.parse::<SocketAddr>().is_err() {
+        if part.parse::<SocketAddr>().is_err() && !is_host_port(part) {
             return Err(ConfigError::Invalid(format!(
-                "join entry {part:?} is not an ip:port address"
+                "join entry {part:?} is not host:port (an IP address or a DNS name, and a port)"
             )));
         }
         if !seeds.iter().any(|a| a == part) {
@@ -634,6 +636,24 @@ pub fn parse_join(s: &str) -> Result<Vec<String>, ConfigError> {
         )));
     }
     Ok(seeds)
+}
+
+/// Whether `s` is `name:port` with a DNS name (letters, digits, `-` and
+/// `.`, at most 253 characters, no label starting or ending with `-`) and
+/// a non-zero port.
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let labels_ok = host.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    port_ok && !host.is_empty() && host.len() <= 253 && labels_ok
 }
 
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
@@ -737,7 +757,18 @@ mod tests {
             ["127.0.0.1:1", "[::1]:2"],
             "in order, once each"
         );
-        for bad in [",", "127.0.0.1:1,ringkv-0:50051", "127.0.0.1"] {
+        c.join = "127.0.0.1:1,ringkv-0.ringkv-headless.ns.svc:50051,localhost:2".into();
+        c.validate().unwrap();
+        for bad in [
+            ",",
+            "127.0.0.1",
+            "ringkv-0",
+            "ringkv-0:0",
+            "-x:1",
+            "a..b:1",
+            "a_b:1",
+            "[::1:2",
+        ] {
             c.join = bad.into();
             assert!(c.validate().is_err(), "join {bad:?} accepted");
         }

@@ -51,9 +51,9 @@ struct Args {
     /// --initial-cluster).
     #[arg(long)]
     shards: Option<u32>,
-    /// Join the running cluster that has members at these ip:port addresses
-    /// (comma-separated, tried in turn; first start only) instead of
-    /// bootstrapping one.
+    /// Join the running cluster that has members at these host:port
+    /// addresses (IPs or DNS names; comma-separated, tried in turn; first
+    /// start only) instead of bootstrapping one.
     #[arg(long)]
     join: Option<String>,
     /// Address peers and clients reach this node at (default: its

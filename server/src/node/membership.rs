@@ -262,7 +262,9 @@ async fn follow_metrics(shard: u64, raft: Raft, feed: crate::storage::log_store:
 
 /// Registers this node with the cluster that has members at `cfg.join`
 /// and returns a layout that names it. Each attempt asks the next address
-/// of `join` in turn, so the join goes through while some of them are down.
+/// of `join` in turn (a host name is resolved at every attempt, its
+/// addresses taken in turn), so the join goes through while some of them
+/// are down or not resolvable yet.
 ///
 /// Refuses ([`NodeError::AlreadyMember`]) when the cluster already names
 /// this node before it asked to be added: only a node with an empty data
@@ -273,85 +275,121 @@ pub(super) async fn join_cluster(
     pool: &Arc<PeerPool>,
     admin_token: Option<&str>,
 ) -> Result<ClusterLayout, NodeError> {
-    let addr = cfg.advertise_addr();
     let seeds = cfg.join_seeds()?;
     assert!(!seeds.is_empty(), "parse_join returns at least one address");
     let mut last_error = String::new();
     // Once an AddNode went out it may have been applied, whatever its
     // answer: from then on the layout naming this node is this join's doing.
     let mut asked = false;
-    for attempt in 1..=JOIN_ATTEMPTS_MAX {
-        let via = &seeds[(attempt as usize - 1) % seeds.len()];
-        // One pseudo id for whichever seed is asked: the pool replaces the
-        // connection when the address changes.
-        let seed = pool
-            .peer(JOIN_SEED_PEER_ID, via)
-            .map_err(|e| NodeError::Raft(format!("join {via}: {e}")))?;
-        if !asked {
-            match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
-                Ok(Polled { layout: Some(l), .. }) => {
-                    if let Some(a) = l.nodes.get(&cfg.node_id) {
-                        return Err(NodeError::AlreadyMember {
-                            id: cfg.node_id,
-                            addr: a.clone(),
-                            epoch: l.epoch,
-                        });
-                    }
-                }
-                Ok(Polled { layout: None, .. }) => {
-                    last_error = format!("{via} has no layout yet");
-                    tracing::info!(attempt, error = %last_error, "joining: retrying");
-                    tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
-                    continue;
-                }
-                Err(e) => {
-                    last_error = format!("{via}: {e}");
-                    tracing::info!(attempt, error = %last_error, "joining: retrying");
-                    tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
-                    continue;
-                }
-            }
-            asked = true;
+    for attempt in 0..JOIN_ATTEMPTS_MAX as usize {
+        let via = &seeds[attempt % seeds.len()];
+        match join_attempt(cfg, pool, admin_token, via, attempt / seeds.len(), &mut asked).await {
+            Attempt::Joined(l) => return Ok(l),
+            Attempt::Refused(e) => return Err(e),
+            Attempt::Retry(e) => last_error = e,
         }
-        let mut req = tonic::Request::new(AddNodeRequest {
-            node_id: cfg.node_id,
-            addr: addr.clone(),
-            zone: cfg.zone.clone(),
-        });
-        if let Some(t) = admin_token {
-            if let Ok(v) = format!("Bearer {t}").parse() {
-                req.metadata_mut().insert("authorization", v);
-            }
-        }
-        req.set_timeout(Duration::from_secs(10));
-        let added = AdminClient::new(seed.channel.clone()).add_node(req).await;
-        match added {
-            Ok(r) => {
-                let epoch = r.into_inner().epoch;
-                match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
-                    Ok(Polled { layout: Some(l), .. })
-                        if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) =>
-                    {
-                        return Ok(l)
-                    }
-                    Ok(_) => last_error = format!("{via} does not know the new layout yet"),
-                    Err(e) => last_error = format!("{via}: {e}"),
-                }
-            }
-            Err(status) => {
-                if status.code() == tonic::Code::FailedPrecondition || status.code() == tonic::Code::Unauthenticated {
-                    return Err(NodeError::Raft(format!("join refused by {via}: {}", status.message())));
-                }
-                last_error = format!("{via}: {}", status.message());
-            }
-        }
-        tracing::info!(attempt, error = %last_error, "joining: retrying");
+        tracing::info!(attempt = attempt + 1, error = %last_error, "joining: retrying");
         tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
     }
     Err(NodeError::Raft(format!(
         "could not join through {} after {JOIN_ATTEMPTS_MAX} attempts: {last_error}",
         cfg.join
     )))
+}
+
+/// How one join attempt ended.
+enum Attempt {
+    Joined(ClusterLayout),
+    Refused(NodeError),
+    /// Worth another attempt, for this reason.
+    Retry(String),
+}
+
+/// One join attempt through the seed `via`, on its `visit`-th use.
+async fn join_attempt(
+    cfg: &Config,
+    pool: &Arc<PeerPool>,
+    admin_token: Option<&str>,
+    via: &str,
+    visit: usize,
+    asked: &mut bool,
+) -> Attempt {
+    let target = match seed_addr(via, visit).await {
+        Ok(t) => t,
+        Err(e) => return Attempt::Retry(e),
+    };
+    // One pseudo id for whichever seed is asked: the pool replaces the
+    // connection when the address changes.
+    let seed = match pool.peer(JOIN_SEED_PEER_ID, &target) {
+        Ok(s) => s,
+        Err(e) => return Attempt::Refused(NodeError::Raft(format!("join {via} ({target}): {e}"))),
+    };
+    if !*asked {
+        match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
+            Ok(Polled { layout: Some(l), .. }) => {
+                if let Some(a) = l.nodes.get(&cfg.node_id) {
+                    return Attempt::Refused(NodeError::AlreadyMember {
+                        id: cfg.node_id,
+                        addr: a.clone(),
+                        epoch: l.epoch,
+                    });
+                }
+            }
+            Ok(Polled { layout: None, .. }) => return Attempt::Retry(format!("{via} has no layout yet")),
+            Err(e) => return Attempt::Retry(format!("{via}: {e}")),
+        }
+        *asked = true;
+    }
+    let addr = cfg.advertise_addr();
+    let mut req = tonic::Request::new(AddNodeRequest {
+        node_id: cfg.node_id,
+        addr: addr.clone(),
+        zone: cfg.zone.clone(),
+    });
+    if let Some(t) = admin_token {
+        if let Ok(v) = format!("Bearer {t}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+    }
+    req.set_timeout(Duration::from_secs(10));
+    match AdminClient::new(seed.channel.clone()).add_node(req).await {
+        Ok(r) => {
+            let epoch = r.into_inner().epoch;
+            match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
+                Ok(Polled { layout: Some(l), .. }) if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) => {
+                    Attempt::Joined(l)
+                }
+                Ok(_) => Attempt::Retry(format!("{via} does not know the new layout yet")),
+                Err(e) => Attempt::Retry(format!("{via}: {e}")),
+            }
+        }
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated
+            ) =>
+        {
+            Attempt::Refused(NodeError::Raft(format!("join refused by {via}: {}", status.message())))
+        }
+        Err(status) => Attempt::Retry(format!("{via}: {}", status.message())),
+    }
+}
+
+/// The address to dial for the join seed `via` on its `visit`-th use:
+/// `via` itself when it is `ip:port`, else one of the addresses its host
+/// name resolves to now, each in turn.
+async fn seed_addr(via: &str, visit: usize) -> Result<String, String> {
+    if via.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(via.to_string());
+    }
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(via)
+        .await
+        .map_err(|e| format!("resolve {via}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{via} resolves to no address"));
+    }
+    Ok(addrs[visit % addrs.len()].to_string())
 }
 
 /// What a peer answered to a layout poll.
