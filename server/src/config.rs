@@ -60,8 +60,8 @@ pub struct Config {
     pub shards: u32,
     /// `host:port` of members of a running cluster (an IP address or a DNS
     /// name, resolved when joining), comma-separated (one is enough; several
-    /// let the join go through whichever answers): on first
-    /// start the node joins that cluster instead of bootstrapping one (then
+    /// let the join go through whichever answers): on first start the node
+    /// joins that cluster instead of bootstrapping one (then
     /// `initial_cluster` and `shards` are not used). Ignored on restarts.
     pub join: String,
     /// Address peers and clients reach this node at. Empty = its address in
@@ -611,7 +611,6 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses `1=host:port,2=host:port`.
 /// Parses `join`: `host:port[,host:port...]` (a host is an IP address or a
 /// DNS name, resolved when the node joins), at least one, at most
 /// [`JOIN_SEEDS_MAX`].
@@ -656,6 +655,7 @@ fn is_host_port(s: &str) -> bool {
     port_ok && !host.is_empty() && host.len() <= 253 && labels_ok
 }
 
+/// Parses `1=host:port,2=host:port`.
 pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut nodes = BTreeMap::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

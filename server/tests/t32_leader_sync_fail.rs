@@ -24,8 +24,6 @@ const SHARDS: u32 = 1;
 const SHARD: u64 = 1;
 /// Keys written before the failure, and again after it.
 const KEYS: usize = 20;
-/// The signal `std::process::abort` raises.
-const SIGABRT: i32 = 6;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_log_write_fails_after_the_handoff_aborts_and_loses_nothing() {
@@ -82,7 +80,7 @@ async fn a_leader_whose_log_write_fails_after_the_handoff_aborts_and_loses_nothi
     };
     assert_eq!(
         status.signal(),
-        Some(SIGABRT),
+        Some(common::SIGABRT),
         "seed {seed}: node {victim} ended with {status:?}, not by abort"
     );
     let log = std::fs::read_to_string(&c.nodes[&victim].log).expect("victim log");

@@ -27,8 +27,6 @@ const TMPFS_MB: u64 = 48;
 /// under `FILL_PUTS_MAX`.
 const VALUE_BYTES: usize = 64 * 1024;
 const FILL_PUTS_MAX: usize = 4000;
-/// The signal `std::process::abort` raises.
-const SIGABRT: i32 = 6;
 
 fn run(cmd: &str, args: &[&str]) {
     let status = Command::new(cmd)
@@ -116,7 +114,7 @@ async fn a_node_whose_disk_fills_up_aborts_and_loses_nothing() {
     let status = status.unwrap_or_else(|| panic!("seed {seed}: node 3 never stopped on a full disk"));
     assert_eq!(
         status.signal(),
-        Some(SIGABRT),
+        Some(common::SIGABRT),
         "seed {seed}: node 3 ended with {status}"
     );
     let log = std::fs::read_to_string(&c.nodes[&VICTIM].log).expect("read log");

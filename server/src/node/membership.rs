@@ -341,17 +341,7 @@ async fn join_attempt(
         *asked = true;
     }
     let addr = cfg.advertise_addr();
-    let mut req = tonic::Request::new(AddNodeRequest {
-        node_id: cfg.node_id,
-        addr: addr.clone(),
-        zone: cfg.zone.clone(),
-    });
-    if let Some(t) = admin_token {
-        if let Ok(v) = format!("Bearer {t}").parse() {
-            req.metadata_mut().insert("authorization", v);
-        }
-    }
-    req.set_timeout(Duration::from_secs(10));
+    let req = add_node_request(cfg.node_id, &addr, &cfg.zone, admin_token);
     match AdminClient::new(seed.channel.clone()).add_node(req).await {
         Ok(r) => {
             let epoch = r.into_inner().epoch;
@@ -373,6 +363,23 @@ async fn join_attempt(
         }
         Err(status) => Attempt::Retry(format!("{via}: {}", status.message())),
     }
+}
+
+/// `Admin/AddNode` of node `id` at `addr` in `zone`, with the Admin token
+/// when the cluster uses one.
+fn add_node_request(id: u64, addr: &str, zone: &str, admin_token: Option<&str>) -> tonic::Request<AddNodeRequest> {
+    let mut req = tonic::Request::new(AddNodeRequest {
+        node_id: id,
+        addr: addr.to_string(),
+        zone: zone.to_string(),
+    });
+    if let Some(t) = admin_token {
+        if let Ok(v) = format!("Bearer {t}").parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+    }
+    req.set_timeout(Duration::from_secs(10));
+    req
 }
 
 /// The address to dial for the join seed `via` on its `visit`-th use:
@@ -1110,17 +1117,7 @@ pub(super) async fn register_zone(node: Arc<Node>) {
         {
             let res = match node.pool.peer(leader, &leader_addr) {
                 Ok(peer) => {
-                    let mut req = tonic::Request::new(AddNodeRequest {
-                        node_id: node.id,
-                        addr: addr.clone(),
-                        zone: zone.clone(),
-                    });
-                    if let Some(t) = &node.admin_token {
-                        if let Ok(v) = format!("Bearer {t}").parse() {
-                            req.metadata_mut().insert("authorization", v);
-                        }
-                    }
-                    req.set_timeout(Duration::from_secs(10));
+                    let req = add_node_request(node.id, &addr, &zone, node.admin_token.as_deref());
                     AdminClient::new(peer.channel.clone())
                         .add_node(req)
                         .await

@@ -99,18 +99,12 @@ impl From<rocksdb::Error> for StorageError {
 pub fn written(what: &str, r: Result<(), rocksdb::Error>) -> Result<(), StorageError> {
     match r {
         Ok(()) => Ok(()),
-        Err(e) if fatal_write_error(e.kind()) => {
+        Err(e) if matches!(e.kind(), rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption) => {
             tracing::error!(error = %e, what, "a write to the node's database failed; aborting");
             std::process::abort();
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Whether a write that failed with `kind` leaves the database unable to
-/// write (see [`written`]).
-pub fn fatal_write_error(kind: rocksdb::ErrorKind) -> bool {
-    matches!(kind, rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Corruption)
 }
 
 /// The node's database.

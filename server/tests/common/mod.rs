@@ -41,6 +41,10 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Per-RPC timeout used by the harness.
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The signal `std::process::abort` raises: how a node that stops on a
+/// failed write ends.
+pub const SIGABRT: i32 = 6;
+
 /// Deterministic seed for a test: `RINGKV_TEST_SEED` or a fixed default.
 pub fn seed(default: u64) -> u64 {
     let s = std::env::var("RINGKV_TEST_SEED")
