@@ -14,6 +14,12 @@
 //! A one-node cluster has no follower whose acceptance could be held back:
 //! its leader commits on its own flush, so it must never report an append
 //! flushed before its sync.
+//!
+//! A leader killed while its sync is held has sent the followers an entry
+//! its own disk never got. Restarted, it must not lead the same term again:
+//! it would append a different entry under that entry's log id, which the
+//! followers take for the one they hold, and a write it acknowledged would
+//! be missing from every other replica.
 
 mod common;
 
@@ -116,9 +122,98 @@ async fn a_single_voter_leader_syncs_before_it_reports_an_append() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_before_its_sync_does_not_lead_that_term_again() {
+    let seed = common::seed(3102);
+    // Followers must not elect anyone while the killed leader restarts:
+    // only then can it come back as the leader of its old term.
+    let mut c = start(3, seed, QUIET_ELECTION_TIMEOUT_MS).await;
+    let old = ready_leader(&c, seed).await;
+    let followers: Vec<u64> = c.running().into_iter().filter(|id| *id != old).collect();
+    let before: Vec<u64> = followers.iter().map(|id| last_log_index(&c, *id, seed)).collect();
+
+    // An entry the followers hold and the leader has not written yet.
+    let mut kv = c.kv(old).await.expect("kv");
+    let mut req = tonic::Request::new(PutRequest {
+        header: None,
+        key: format!("t31-unsynced-{seed}").into_bytes(),
+        value: b"never acknowledged".to_vec(),
+    });
+    req.set_timeout(REQUEST_TIMEOUT);
+    let unsynced_put = tokio::spawn(async move { kv.put(req).await });
+    let sent = Instant::now();
+    let deadline = sent + Duration::from_secs(20);
+    while followers
+        .iter()
+        .zip(&before)
+        .any(|(id, b)| last_log_index(&c, *id, seed) <= *b)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: the followers never got the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(LEADER_SYNC_SLOW_MS),
+        "seed {seed}: the followers got the entry only after {:?}, when the leader's held \
+         sync may have ended: rerun on a less loaded machine",
+        sent.elapsed()
+    );
+    c.kill(old);
+    unsynced_put.abort();
+    c.restart(old);
+    eprintln!(
+        "seed {seed}: leader {old} killed {:?} after the put and restarted",
+        sent.elapsed()
+    );
+
+    // Acknowledged after the restart, by whichever node leads now.
+    let key = format!("t31-acknowledged-{seed}").into_bytes();
+    let value = format!("acknowledged-{seed}").into_bytes();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    c.put_retry(&key, &value, deadline)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: no put succeeded after the restart: {e}"));
+    let acked_by = c.leader_of(SHARD).await.expect("a leader after the put");
+
+    // The write survives the loss of the node that acknowledged it.
+    c.kill(acked_by);
+    let got = c
+        .get_retry(&key, deadline)
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: no read after node {acked_by} was killed: {e}"));
+    assert_eq!(
+        got.as_deref(),
+        Some(&value[..]),
+        "seed {seed}: a put acknowledged by node {acked_by} is missing once it is gone \
+         (the old leader was {old})"
+    );
+}
+
+/// Index of the last log entry of the shard on node `id`, from one read
+/// of its metrics.
+fn last_log_index(c: &Cluster, id: u64, seed: u64) -> u64 {
+    let addr = c.nodes[&id].status_addr.clone().expect("status port");
+    let text = common::metrics_text(&addr).unwrap_or_else(|| panic!("seed {seed}: no metrics from node {id}"));
+    let series = |name: &str| {
+        let series = format!("{name}{{node=\"{id}\",shard=\"{SHARD}\"}}");
+        common::find_metric(&text, &series).unwrap_or_else(|| panic!("seed {seed}: node {id} has no {series}"))
+    };
+    (series("ringkv_raft_last_applied_index") + series("ringkv_raft_apply_lag_entries")) as u64
+}
+
+/// Election timeouts (min, max) long enough that the followers stay quiet
+/// while a killed leader restarts on a loaded machine.
+const QUIET_ELECTION_TIMEOUT_MS: (u64, u64) = (8_000, 12_000);
+
 /// A cluster of `nodes` with one shard, every node holding its leader
 /// appends (`storage.leader_sync_slow`).
 async fn start_slow_syncing(nodes: u64, seed: u64) -> Cluster {
+    start(nodes, seed, Opts::default().election_timeout_ms).await
+}
+
+async fn start(nodes: u64, seed: u64, election_timeout_ms: (u64, u64)) -> Cluster {
     let fp = vec![(
         "RINGKV_FAILPOINTS".to_string(),
         "storage.leader_sync_slow=100000".to_string(),
@@ -129,6 +224,7 @@ async fn start_slow_syncing(nodes: u64, seed: u64) -> Cluster {
         shards: SHARDS,
         status_ports: true,
         env: (1..=nodes).map(|id| (id, fp.clone())).collect(),
+        election_timeout_ms,
         ..Opts::default()
     })
     .await

@@ -337,6 +337,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+/// The vote a node opens with after a restart: a committed vote (a leader
+/// was established in that term) becomes a plain vote for the same leader
+/// in that term (see `read_vote`). For a follower that changes nothing it
+/// acts on: its leader's next append carries the committed vote again.
+fn as_restarted(v: Vote) -> Vote {
+    if !v.is_committed() {
+        return v;
+    }
+    let demoted = Vote::new(v.leader_id().term, v.leader_id().node_id);
+    debug_assert!(!demoted.is_committed() && demoted.leader_id() == v.leader_id());
+    demoted
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The cache holds no invariant a panicking holder could break halfway
     // that a reader relies on beyond what each method re-checks; the vote
@@ -441,8 +454,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// openraft reads the vote once, when the group opens. A committed vote
+    /// is handed back uncommitted: were it this node's own, openraft 0.9
+    /// would resume as leader of the same term at once
+    /// (`Engine::startup`), and with its appends reported before their
+    /// sync ([`LogSync`]) a leader that crashed may have sent followers
+    /// entries that never reached its own disk. Resumed in that term, it
+    /// would append different entries under the same log ids, which the
+    /// followers take for the ones they hold (same log id, same entry):
+    /// the replicas would apply different commands at one index and an
+    /// acknowledged write could vanish with the next leader (found by
+    /// Jepsen under kill). Uncommitted, it is the vote the node cast in
+    /// that term; the node leads again only after it wins an election,
+    /// always for a higher term, so its log ids are new. Like etcd's raft,
+    /// a node restarts as a follower.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote: Option<Vote> = self.read_state(keys::STATE_VOTE)?;
+        let stored: Option<Vote> = self.read_state(keys::STATE_VOTE)?;
+        let vote = stored.map(as_restarted);
         *lock(&self.vote) = vote;
         Ok(vote)
     }
@@ -590,10 +618,34 @@ mod tests {
         assert_eq!(store.own_leader_id(), Some(openraft::LeaderId::new(2, 1)));
         store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
         assert_eq!(store.own_leader_id(), None, "another node leads");
-        // After a restart the vote comes from disk.
+        // After a restart the vote comes from disk, no longer committed: the
+        // node that led term 3 must win a later term before it leads again,
+        // so none of its entries skip the sync wait until then.
         let mut reopened = LogStore::new(6, db.clone(), store.gc.clone()).overlapping_leader_sync(2);
-        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new_committed(3, 2)));
-        assert_eq!(reopened.own_leader_id(), Some(openraft::LeaderId::new(3, 2)));
+        assert_eq!(reopened.read_vote().await.unwrap(), Some(Vote::new(3, 2)));
+        assert_eq!(reopened.own_leader_id(), None, "a restarted leader is a follower");
+        reopened.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        assert_eq!(reopened.own_leader_id(), Some(openraft::LeaderId::new(4, 2)));
+    }
+
+    #[test]
+    fn a_restart_keeps_the_term_and_the_vote_but_not_the_leadership() {
+        assert_eq!(as_restarted(Vote::new_committed(7, 2)), Vote::new(7, 2));
+        assert_eq!(
+            as_restarted(Vote::new(7, 2)),
+            Vote::new(7, 2),
+            "a candidate's vote stays"
+        );
+        assert_eq!(
+            as_restarted(Vote::new_committed(7, 3)),
+            Vote::new(7, 3),
+            "another leader's"
+        );
+        // The restarted vote still accepts the leader it names, whose next
+        // append carries the committed vote.
+        let restarted = as_restarted(Vote::new_committed(7, 2));
+        assert!(Vote::new_committed(7, 2) > restarted);
+        assert!(restarted < Vote::new_committed(7, 2) && restarted <= Vote::new(7, 2));
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub struct Opts {
     /// TLS the harness's own connections use (the nodes get their TLS
     /// flags through `extra_args`).
     pub tls: Option<ClientTls>,
+    /// Raft election timeout bounds (min, max), in ms.
+    pub election_timeout_ms: (u64, u64),
 }
 
 /// What the harness presents when the cluster runs TLS.
@@ -89,6 +91,8 @@ impl Default for Opts {
             env: BTreeMap::new(),
             status_ports: false,
             tls: None,
+            // Tolerant of a starved CPU: two cores run three nodes and the test.
+            election_timeout_ms: (1500, 3000),
         }
     }
 }
@@ -195,13 +199,12 @@ impl Cluster {
             &initial,
             "--shards",
             &opts.shards.to_string(),
-            // Tolerant of a starved CPU: two cores run three nodes and the test.
             "--heartbeat-interval-ms",
             "200",
             "--election-timeout-ms-min",
-            "1500",
+            &opts.election_timeout_ms.0.to_string(),
             "--election-timeout-ms-max",
-            "3000",
+            &opts.election_timeout_ms.1.to_string(),
         ])
         .args(&opts.extra_args)
         // Tests fix their shard layout: no splits by node count unless the
@@ -559,6 +562,11 @@ pub fn now_unix_s() -> u64 {
 /// `addr` whose line starts with `series` (a metric name, or a name and
 /// its labels); `None` if unreachable or absent.
 pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    find_metric(&metrics_text(addr)?, series)
+}
+
+/// The whole `/metrics` answer of a status port.
+pub fn metrics_text(addr: &str) -> Option<String> {
     use std::io::Read;
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -566,6 +574,12 @@ pub fn metric(addr: &str, series: &str) -> Option<f64> {
     write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The value of the first sample of `series` (a name, or a name with its
+/// labels) in a metrics text.
+pub fn find_metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && !l.starts_with('#'))
         .and_then(|l| l.rsplit(' ').next())
