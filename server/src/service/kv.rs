@@ -481,8 +481,8 @@ impl KvService {
         }
     }
 
-    /// Up to `limit` pairs of one shard in `[start, end)`; `more` is true
-    /// when the shard may hold further pairs in the range.
+    /// Up to `limit` pairs of one shard in `[start, end)`, and the token
+    /// ranges the answering replica owned; see [`ScanPart`].
     async fn scan_shard(
         &self,
         ctx: &Ctx,
@@ -491,16 +491,23 @@ impl KvService {
         start: &[u8],
         end: &[u8],
         limit: u32,
-    ) -> Result<(Vec<KeyValue>, Vec<RingRange>), Status> {
+    ) -> Result<(ScanPart, Vec<RingRange>), Status> {
         let local = async {
             let replica = self.node.read_barrier(shard, consistency_of(h), ctx.deadline).await?;
             self.node.scan_local(&replica, start, end, limit as usize)
         };
         match local.await {
-            Ok((pairs, owned)) => Ok((
-                pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
-                owned,
-            )),
+            Ok((pairs, owned)) => {
+                // Read up to `limit` pairs: the shard may hold more after
+                // the last one.
+                let resume_at = pairs.last().filter(|_| pairs.len() >= limit as usize).map(|(k, _)| {
+                    let mut next = k.clone();
+                    next.push(0);
+                    next
+                });
+                let pairs = pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
+                Ok((ScanPart { pairs, resume_at }, owned))
+            }
             Err(e) => {
                 let req = ScanRequest {
                     header: with_shard(h, shard),
@@ -512,7 +519,21 @@ impl KvService {
                 let resp = self
                     .forward(ctx, e, req, |mut c, r| async move { c.scan(r).await })
                     .await?;
-                Ok((resp.pairs, super::ring_ranges(&resp.shard_ranges)))
+                // The leader's page of this one shard says where it stopped.
+                let resume_at = match resp.continuation.split_first() {
+                    None => None,
+                    Some((&CONTINUATION_V1, next)) => Some(next.to_vec()),
+                    Some(_) => {
+                        return Err(self.status(ServerError::Internal(format!(
+                            "shard {shard}'s leader answered a scan with a continuation of an unknown version"
+                        ))))
+                    }
+                };
+                let part = ScanPart {
+                    pairs: resp.pairs,
+                    resume_at,
+                };
+                Ok((part, super::ring_ranges(&resp.shard_ranges)))
             }
         }
     }
@@ -834,11 +855,10 @@ impl KvService {
                 .map(|s| self.scan_shard(&ctx, *s, &r.header, &start, &r.end_key, limit)),
         )
         .await;
-        let mut merged: Vec<KeyValue> = Vec::new();
-        let mut more = false;
+        let mut merged: Vec<ScanPart> = Vec::with_capacity(shards.len());
         let mut shard_ranges = Vec::new();
         for (shard, part) in shards.iter().zip(parts) {
-            let (pairs, owned) = part?;
+            let (mut part, owned) = part?;
             let expected = layout.shards.get(shard).map_or(&[][..], |i| i.ranges.as_slice());
             if !expected.iter().all(|r| crate::ring::covers(&owned, r)) {
                 // The shard split (or this node's layout is ahead of the
@@ -849,38 +869,69 @@ impl KvService {
                     epoch: self.node.epoch(),
                 }));
             }
-            more |= pairs.len() >= limit as usize;
             // A replica that has not applied a split yet still holds the
             // split-off keys, which the new shard returns too.
-            merged.extend(
-                pairs
-                    .into_iter()
-                    .filter(|p| expected.iter().any(|r| r.contains(crate::ring::token_of(&p.key)))),
-            );
+            part.pairs
+                .retain(|p| expected.iter().any(|r| r.contains(crate::ring::token_of(&p.key))));
             if asked != 0 {
                 shard_ranges = super::proto_ranges(&owned);
             }
+            merged.push(part);
         }
-        merged.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        more |= merged.len() > limit as usize;
-        merged.truncate(limit as usize);
-        let continuation = match merged.last() {
-            Some(last) if more => {
-                let mut c = Vec::with_capacity(last.key.len() + 2);
-                c.push(CONTINUATION_V1);
-                c.extend_from_slice(&last.key);
-                c.push(0);
-                c
-            }
-            _ => vec![],
-        };
+        let (pairs, resume_at) = merge_scan_parts(merged, limit as usize);
+        let continuation = resume_at.map_or_else(Vec::new, |next| {
+            let mut c = Vec::with_capacity(next.len() + 1);
+            c.push(CONTINUATION_V1);
+            c.extend_from_slice(&next);
+            c
+        });
         Ok(Response::new(ScanResponse {
             header: self.response_header(if asked != 0 { asked } else { 0 }),
-            pairs: merged,
+            pairs,
             continuation,
             shard_ranges,
         }))
     }
+}
+
+/// One shard's pairs for a scan page, in its own ranges, and where it
+/// stopped reading: `resume_at` is `None` when the shard returned every
+/// pair of the range, else the key from which it did not read (every pair
+/// it holds below that key is in `pairs`, minus those it filtered out as
+/// another shard's).
+#[derive(Debug, Default)]
+struct ScanPart {
+    pairs: Vec<KeyValue>,
+    resume_at: Option<Vec<u8>>,
+}
+
+/// Merges the shards' parts of a scan page into at most `limit` pairs in
+/// key order, and the key the next page starts from (`None`: the scan is
+/// complete). The page stops at the earliest `resume_at`: past it, a shard
+/// that stopped there may hold pairs nobody read yet. Counting a shard's
+/// pairs alone is not enough: a replica behind a split reads `limit` pairs
+/// and keeps fewer, and another shard's pairs beyond its last one would
+/// then end the page after keys it never read.
+fn merge_scan_parts(parts: Vec<ScanPart>, limit: usize) -> (Vec<KeyValue>, Option<Vec<u8>>) {
+    assert!(limit > 0, "the handler turns limit 0 into the configured maximum");
+    let cut = parts.iter().filter_map(|p| p.resume_at.clone()).min();
+    let mut pairs: Vec<KeyValue> = parts
+        .into_iter()
+        .flat_map(|p| p.pairs)
+        .filter(|p| cut.as_ref().is_none_or(|c| p.key < *c))
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    if pairs.len() > limit {
+        pairs.truncate(limit);
+        let next = pairs.last().map(|p| {
+            let mut next = p.key.clone();
+            next.push(0);
+            next
+        });
+        debug_assert!(next.is_some());
+        return (pairs, next);
+    }
+    (pairs, cut)
 }
 
 /// Records a finished request in the node's metrics.
@@ -939,6 +990,147 @@ mod tests {
         assert_eq!(parse_grpc_timeout("S"), None);
         assert_eq!(parse_grpc_timeout("12x"), None);
         assert_eq!(parse_grpc_timeout("999999999999S"), None);
+    }
+
+    fn kv(key: &str) -> KeyValue {
+        KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: vec![],
+        }
+    }
+
+    fn keys(pairs: &[KeyValue]) -> Vec<String> {
+        pairs
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.key).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_page_stops_where_a_shard_stopped_reading() {
+        let part = |ks: &[&str], resume_at: Option<&str>| ScanPart {
+            pairs: ks.iter().map(|k| kv(k)).collect(),
+            resume_at: resume_at.map(|r| r.as_bytes().to_vec()),
+        };
+        // Both shards read everything: one sorted page, complete.
+        let (p, next) = merge_scan_parts(vec![part(&["b", "d"], None), part(&["a", "c"], None)], 4);
+        assert_eq!(keys(&p), ["a", "b", "c", "d"]);
+        assert_eq!(next, None);
+        // More than the limit: the page ends after its last pair.
+        let (p, next) = merge_scan_parts(vec![part(&["b", "d"], None), part(&["a", "c"], None)], 3);
+        assert_eq!(keys(&p), ["a", "b", "c"]);
+        assert_eq!(next, Some(b"c\0".to_vec()));
+        // The first shard read up to "c" and kept only "a" (the others were
+        // split off): "d" and "e" of the second shard wait for the next
+        // page, which starts where the first shard stopped.
+        let (p, next) = merge_scan_parts(vec![part(&["a"], Some("c\0")), part(&["b", "d", "e"], None)], 3);
+        assert_eq!(keys(&p), ["a", "b"]);
+        assert_eq!(next, Some(b"c\0".to_vec()));
+        // A shard that kept nothing of what it read still moves the scan on.
+        let (p, next) = merge_scan_parts(vec![part(&[], Some("m\0")), part(&["x"], None)], 3);
+        assert!(p.is_empty());
+        assert_eq!(next, Some(b"m\0".to_vec()));
+    }
+
+    /// Pages through shards the way `do_scan` does, one of them a replica
+    /// that has not applied a split (a stale read) and still reads the
+    /// split-off keys, and checks every key comes back exactly once, in
+    /// order.
+    #[test]
+    fn paged_scans_return_every_key_once_while_a_replica_lags_a_split() {
+        use rand::Rng;
+        use rand::SeedableRng;
+        let seed: u64 = std::env::var("RINGKV_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4242);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for round in 0..200 {
+            let shards = rng.gen_range(1..5usize);
+            let limit = rng.gen_range(1..8usize);
+            // Each key belongs to one shard. The lagging replica of shard 0
+            // also reads (and drops) keys of the split-off range: some that
+            // the new shard holds, and some it deleted since the split,
+            // which only the lagging replica still has.
+            let mut owned: Vec<std::collections::BTreeSet<Vec<u8>>> = vec![Default::default(); shards];
+            let mut extra = std::collections::BTreeSet::new();
+            for _ in 0..rng.gen_range(0..60) {
+                let key = format!("k{:03}", rng.gen_range(0..400)).into_bytes();
+                let s = rng.gen_range(0..shards);
+                if owned.iter().any(|o| o.contains(&key)) || extra.contains(&key) {
+                    continue;
+                }
+                match rng.gen_range(0..4) {
+                    0 if s != 0 => {
+                        extra.insert(key);
+                    }
+                    1 if s != 0 => {
+                        extra.insert(key.clone());
+                        owned[s].insert(key);
+                    }
+                    _ => {
+                        owned[s].insert(key);
+                    }
+                }
+            }
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut start: Vec<u8> = Vec::new();
+            for _page in 0..1000 {
+                let parts = (0..shards)
+                    .map(|s| {
+                        let held: Vec<&Vec<u8>> = if s == 0 {
+                            owned[0].union(&extra).collect()
+                        } else {
+                            owned[s].iter().collect()
+                        };
+                        let read: Vec<&Vec<u8>> = held.into_iter().filter(|k| **k >= start).take(limit).collect();
+                        let resume_at = read.last().filter(|_| read.len() >= limit).map(|k| {
+                            let mut n = (*k).clone();
+                            n.push(0);
+                            n
+                        });
+                        ScanPart {
+                            pairs: read
+                                .into_iter()
+                                .filter(|k| owned[s].contains(*k))
+                                .map(|k| KeyValue {
+                                    key: k.clone(),
+                                    value: vec![],
+                                })
+                                .collect(),
+                            resume_at,
+                        }
+                    })
+                    .collect();
+                let (pairs, next) = merge_scan_parts(parts, limit);
+                assert!(pairs.len() <= limit, "seed {seed} round {round}: page over the limit");
+                got.extend(pairs.into_iter().map(|p| p.key));
+                match next {
+                    Some(n) => {
+                        assert!(n > start, "seed {seed} round {round}: no progress");
+                        start = n;
+                    }
+                    None => break,
+                }
+            }
+            let text = |ks: &[Vec<u8>]| {
+                ks.iter()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .collect::<Vec<_>>()
+            };
+            let want: Vec<Vec<u8>> = owned
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(
+                text(&got),
+                text(&want),
+                "seed {seed} round {round}: shards {shards}, limit {limit}"
+            );
+        }
     }
 
     #[test]
