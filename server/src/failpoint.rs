@@ -53,6 +53,12 @@ pub const PLACEMENT_SPLIT_DONE_LATE_MS: u64 = 3_000;
 pub const NODE_ADOPT_MOVE_SLOW: &str = "node.adopt_move_slow";
 pub const NODE_ADOPT_MOVE_SLOW_MS: u64 = 3_000;
 
+/// A joining node skips its check of the seed's layout before it asks to
+/// be added, as if the seed's layout lagged the metadata group: tests
+/// check that the metadata leader's answer still refuses a member that
+/// lost its data dir.
+pub const NODE_JOIN_SKIP_LAYOUT_CHECK: &str = "node.join_skip_layout_check";
+
 /// Delays a metadata member's background adoption of a layout with a
 /// replica move in it (from its local metadata replica) by
 /// [`NODE_ADOPT_MOVE_SLOW_MS`], so that the RPC that made the change

@@ -1,8 +1,10 @@
 //! A joined node whose data dir is lost must not come back under its id: an
 //! empty node started with `--join` again would have forgotten its Raft
 //! votes and log entries while the cluster still counts it as a member. It
-//! exits and says why. Once the node is decommissioned (`RemoveNode`), the
-//! same id joins again as a new, empty node and serves.
+//! exits and says why, also when the seed it asks has a layout that lags
+//! (the metadata leader's answer to its AddNode refuses it then). Once the
+//! node is decommissioned (`RemoveNode`), the same id joins again as a new,
+//! empty node and serves.
 
 mod common;
 
@@ -14,6 +16,7 @@ use common::Opts;
 use ringkv_proto::v1::ListNodesRequest;
 use ringkv_proto::v1::NodeStatus;
 use ringkv_proto::v1::RemoveNodeRequest;
+use ringkv_server::failpoint::NODE_JOIN_SKIP_LAYOUT_CHECK;
 
 /// The nodes of the layout as the metadata leader lists them (through node 1).
 async fn nodes(c: &Cluster) -> Option<Vec<NodeStatus>> {
@@ -34,6 +37,9 @@ async fn wait_nodes(c: &Cluster, what: &str, deadline: Instant, pred: impl Fn(&[
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// What a refused node logs.
+const REFUSED: &str = "is already a member of the cluster";
 
 fn up(nodes: &[NodeStatus], id: u64) -> bool {
     nodes.iter().any(|n| n.id == id && n.up)
@@ -66,7 +72,37 @@ async fn a_member_with_an_empty_data_dir_is_refused_until_removed() {
     };
     assert!(!status.success(), "node 4 exited with {status}");
     let log = std::fs::read_to_string(&c.nodes[&four].log).expect("read log");
-    assert!(log.contains("is already a member of the cluster"), "{log}");
+    assert!(log.contains(REFUSED), "{log}");
+
+    // The same when the seed's layout lags (the check of it skipped): the
+    // metadata leader answers the AddNode with `added: false`.
+    std::fs::remove_dir_all(&data_dir).expect("wipe node 4");
+    c.opts.env.insert(
+        four,
+        vec![(
+            "RINGKV_FAILPOINTS".to_string(),
+            format!("{NODE_JOIN_SKIP_LAYOUT_CHECK}=1"),
+        )],
+    );
+    c.restart(four);
+    let status = loop {
+        if let Some(s) = c.exited(four) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 started empty as a member when it skipped the layout check"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "node 4 exited with {status}");
+    let log = std::fs::read_to_string(&c.nodes[&four].log).expect("read log");
+    let after = log
+        .rsplit_once("joining without checking the seed's layout")
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("the failpoint did not fire: {log}"));
+    assert!(after.contains(REFUSED), "{log}");
+    c.opts.env.remove(&four);
     c.put_retry(b"t17-during", b"2", deadline)
         .await
         .expect("the others serve");

@@ -269,7 +269,9 @@ async fn follow_metrics(shard: u64, raft: Raft, feed: crate::storage::log_store:
 /// Refuses ([`NodeError::AlreadyMember`]) when the cluster already names
 /// this node before it asked to be added: only a node with an empty data
 /// dir joins, and a member with an empty data dir has lost the votes and
-/// log entries the others may count on.
+/// log entries the others may count on. Two checks: the seed's layout
+/// (which may lag the metadata group), then the metadata leader's answer
+/// to the first AddNode (`added` false: the layout already had it).
 pub(super) async fn join_cluster(
     cfg: &Config,
     pool: &Arc<PeerPool>,
@@ -324,7 +326,12 @@ async fn join_attempt(
         Ok(s) => s,
         Err(e) => return Attempt::Refused(NodeError::Raft(format!("join {via} ({target}): {e}"))),
     };
-    if !*asked {
+    // This attempt sends the join's first AddNode: nothing this process
+    // did can have added the node yet.
+    let first = !*asked;
+    if first && crate::failpoint::fire(crate::failpoint::NODE_JOIN_SKIP_LAYOUT_CHECK) {
+        tracing::warn!("failpoint: joining without checking the seed's layout");
+    } else if first {
         match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
             Ok(Polled { layout: Some(l), .. }) => {
                 if let Some(a) = l.nodes.get(&cfg.node_id) {
@@ -338,13 +345,24 @@ async fn join_attempt(
             Ok(Polled { layout: None, .. }) => return Attempt::Retry(format!("{via} has no layout yet")),
             Err(e) => return Attempt::Retry(format!("{via}: {e}")),
         }
-        *asked = true;
     }
+    *asked = true;
     let addr = cfg.advertise_addr();
     let req = add_node_request(cfg.node_id, &addr, &cfg.zone, admin_token);
     match AdminClient::new(seed.channel.clone()).add_node(req).await {
         Ok(r) => {
-            let epoch = r.into_inner().epoch;
+            let r = r.into_inner();
+            if first && !r.added {
+                // The metadata leader's layout already named this node at
+                // this address: the seed's lagged, or this process did not
+                // add it. A later AddNode may only repeat this join's own.
+                return Attempt::Refused(NodeError::AlreadyMember {
+                    id: cfg.node_id,
+                    addr,
+                    epoch: r.epoch,
+                });
+            }
+            let epoch = r.epoch;
             match fetch_layout(&seed.channel, cfg.node_id, 0, 0).await {
                 Ok(Polled { layout: Some(l), .. }) if l.epoch >= epoch && l.nodes.get(&cfg.node_id) == Some(&addr) => {
                     Attempt::Joined(l)
