@@ -214,7 +214,10 @@ fn error_code(s: &tonic::Status) -> Option<ErrorCode> {
 }
 
 /// A write's error: `fail` only when the server certainly did not propose
-/// it, otherwise `info`.
+/// it, otherwise `info`. `NOT_LEADER` is definite even for a write that
+/// reached Raft: openraft 0.9 answers a pending write `ForwardToLeader`
+/// only when its entry is truncated (`DeleteConflictLog`), never merely
+/// because the leader stepped down (that write waits for its apply).
 fn write_error(s: tonic::Status) -> Done {
     let definite = matches!(
         error_code(&s),
