@@ -41,6 +41,17 @@ async fn wait_nodes(c: &Cluster, what: &str, deadline: Instant, pred: impl Fn(&[
 /// What a refused node logs.
 const REFUSED: &str = "is already a member of the cluster";
 
+/// Waits for node `id` to exit; panics with `what` at the deadline.
+async fn exit_of(c: &mut Cluster, id: u64, deadline: Instant, what: &str) -> std::process::ExitStatus {
+    loop {
+        if let Some(s) = c.exited(id) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn up(nodes: &[NodeStatus], id: u64) -> bool {
     nodes.iter().any(|n| n.id == id && n.up)
 }
@@ -63,13 +74,7 @@ async fn a_member_with_an_empty_data_dir_is_refused_until_removed() {
     let data_dir = c.nodes[&four].data_dir.clone();
     std::fs::remove_dir_all(&data_dir).expect("wipe node 4");
     c.restart(four);
-    let status = loop {
-        if let Some(s) = c.exited(four) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "node 4 started empty as a member");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_of(&mut c, four, deadline, "node 4 started empty as a member").await;
     assert!(!status.success(), "node 4 exited with {status}");
     let log = std::fs::read_to_string(&c.nodes[&four].log).expect("read log");
     assert!(log.contains(REFUSED), "{log}");
@@ -85,16 +90,13 @@ async fn a_member_with_an_empty_data_dir_is_refused_until_removed() {
         )],
     );
     c.restart(four);
-    let status = loop {
-        if let Some(s) = c.exited(four) {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node 4 started empty as a member when it skipped the layout check"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_of(
+        &mut c,
+        four,
+        deadline,
+        "node 4 started empty as a member when it skipped the layout check",
+    )
+    .await;
     assert!(!status.success(), "node 4 exited with {status}");
     let log = std::fs::read_to_string(&c.nodes[&four].log).expect("read log");
     let after = log
