@@ -500,11 +500,10 @@ impl KvService {
             Ok((pairs, owned)) => {
                 // Read up to `limit` pairs: the shard may hold more after
                 // the last one.
-                let resume_at = pairs.last().filter(|_| pairs.len() >= limit as usize).map(|(k, _)| {
-                    let mut next = k.clone();
-                    next.push(0);
-                    next
-                });
+                let resume_at = pairs
+                    .last()
+                    .filter(|_| pairs.len() >= limit as usize)
+                    .map(|(k, _)| key_after(k));
                 let pairs = pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
                 Ok((ScanPart { pairs, resume_at }, owned))
             }
@@ -905,6 +904,15 @@ struct ScanPart {
     resume_at: Option<Vec<u8>>,
 }
 
+/// The smallest key greater than `key`: where a scan that returned `key`
+/// resumes.
+fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
 /// Merges the shards' parts of a scan page into at most `limit` pairs in
 /// key order, and the key the next page starts from (`None`: the scan is
 /// complete). The page stops at the earliest `resume_at`: past it, a shard
@@ -923,11 +931,7 @@ fn merge_scan_parts(parts: Vec<ScanPart>, limit: usize) -> (Vec<KeyValue>, Optio
     pairs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     if pairs.len() > limit {
         pairs.truncate(limit);
-        let next = pairs.last().map(|p| {
-            let mut next = p.key.clone();
-            next.push(0);
-            next
-        });
+        let next = pairs.last().map(|p| key_after(&p.key));
         debug_assert!(next.is_some());
         return (pairs, next);
     }
@@ -1084,11 +1088,7 @@ mod tests {
                             owned[s].iter().collect()
                         };
                         let read: Vec<&Vec<u8>> = held.into_iter().filter(|k| **k >= start).take(limit).collect();
-                        let resume_at = read.last().filter(|_| read.len() >= limit).map(|k| {
-                            let mut n = (*k).clone();
-                            n.push(0);
-                            n
-                        });
+                        let resume_at = read.last().filter(|_| read.len() >= limit).map(|k| key_after(k));
                         ScanPart {
                             pairs: read
                                 .into_iter()
