@@ -13,9 +13,12 @@
 //! - [`topology`]: the topology faults (moves, splits, leader transfers, joins, decommissions)
 //!   through the Admin API, and the heal phase's wait for the layout to settle.
 //! - [`runner`]: `ringkv-jepsen run`: workloads, nemesis, final reads, checking, summary.
+//! - [`evidence`]: what a run that is not valid prints for later diagnosis: the nemesis timeline
+//!   and excerpts of the node logs on the history's clock.
 
 pub mod checker;
 pub mod cluster;
+pub mod evidence;
 pub mod history;
 pub mod nemesis;
 pub mod plot;

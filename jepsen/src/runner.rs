@@ -125,6 +125,9 @@ impl RunConfig {
 /// completions for the progress line.
 pub struct Recorder {
     start: Instant,
+    /// Wall clock at `start`, in ms since the Unix epoch: node logs stamp
+    /// wall time.
+    start_unix_ms: u64,
     events: Mutex<Vec<Event>>,
     ok: AtomicU64,
     info: AtomicU64,
@@ -134,8 +137,13 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Recorder {
+        let start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Recorder {
             start: Instant::now(),
+            start_unix_ms,
             events: Mutex::new(Vec::new()),
             ok: AtomicU64::new(0),
             info: AtomicU64::new(0),
@@ -558,6 +566,8 @@ pub struct RunFiles {
     pub latency_svg: PathBuf,
     pub throughput_svg: PathBuf,
     pub summary: PathBuf,
+    /// Written only when the run is not valid ([`crate::evidence`]).
+    pub evidence: PathBuf,
 }
 
 impl RunFiles {
@@ -569,6 +579,7 @@ impl RunFiles {
             latency_svg: dir.join("latency.svg"),
             throughput_svg: dir.join("throughput.svg"),
             summary: dir.join("summary.txt"),
+            evidence: dir.join("evidence.txt"),
         }
     }
 }
@@ -929,6 +940,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Results> {
     let text = summary(&cfg, &history, &results, &files, &skipped);
     std::fs::write(&files.summary, &text)?;
     eprint!("{text}");
+    if results.valid != crate::report::Validity::Valid || final_failure.is_some() {
+        // The run folder may not outlive this process (a test's temporary
+        // folder, a CI machine): its output carries the evidence.
+        let evidence = crate::evidence::digest(&cfg.out, &history, rec.start_unix_ms);
+        std::fs::write(&files.evidence, &evidence)?;
+        eprint!("\n{evidence}");
+    }
     if let Some(e) = final_failure {
         // An anomaly the checkers found is the stronger finding: report it
         // as invalid (exit 1), not as a run that could not finish.
