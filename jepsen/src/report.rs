@@ -142,6 +142,20 @@ pub struct Anomaly {
 }
 
 impl Anomaly {
+    /// When the window's operations ran, in seconds from the history's
+    /// start (` from +1.200s to +3.450s`), as the run's evidence times its
+    /// node log lines; `None` without operations.
+    pub fn time_span(&self) -> Option<String> {
+        let from = self.ops.iter().map(|o| o.invoke_time).min()?;
+        let to = self
+            .ops
+            .iter()
+            .map(|o| o.complete_time.unwrap_or(o.invoke_time))
+            .max()?;
+        let secs = |ns: u64| format!("+{}.{:03}s", ns / 1_000_000_000, ns / 1_000_000 % 1000);
+        Some(format!(" from {} to {}", secs(from), secs(to)))
+    }
+
     /// Builds an anomaly whose window is `ops` (sorted and deduplicated by invocation index).
     pub fn new(kind: &str, key: Option<&str>, message: String, ops: &[&Op]) -> Anomaly {
         let mut ops: Vec<&Op> = ops.to_vec();
@@ -253,7 +267,14 @@ impl Results {
             let _ = writeln!(s, "{name}: {} ({})", c.valid.label(), stats.join(", "));
             for a in c.anomalies.iter().take(SUMMARY_ANOMALIES) {
                 let key = a.key.as_deref().map(|k| format!(" key {k:?}")).unwrap_or_default();
-                let _ = writeln!(s, "  {}{key}: {} [ops {:?}]", a.kind, a.message, a.window);
+                let _ = writeln!(
+                    s,
+                    "  {}{key}: {} [ops {:?}{}]",
+                    a.kind,
+                    a.message,
+                    a.window,
+                    a.time_span().unwrap_or_default()
+                );
             }
             if c.anomalies.len() > SUMMARY_ANOMALIES {
                 let _ = writeln!(
@@ -291,5 +312,31 @@ mod tests {
         assert_eq!(Validity::combine([]), Valid);
         assert_eq!(Validity::combine([Valid, Unknown, Valid]), Unknown);
         assert_eq!(Validity::combine([Unknown, Invalid, Valid]), Invalid);
+    }
+
+    #[test]
+    fn an_anomaly_says_when_its_operations_ran() {
+        let op = |index: u64, invoke_time: u64, complete_time: Option<u64>| OpSummary {
+            index,
+            outcome: Outcome::Ok,
+            f: "add".into(),
+            key: Some("s".into()),
+            value: Value::Null,
+            process: 0,
+            invoke_time,
+            complete_index: complete_time.map(|_| index + 1),
+            complete_time,
+        };
+        let mut a = Anomaly {
+            kind: "lost".into(),
+            key: Some("s".into()),
+            message: String::new(),
+            window: vec![3, 9],
+            ops: vec![op(3, 1_200_000_000, Some(1_500_000_000)), op(9, 61_000_000_000, None)],
+            details: Map::new(),
+        };
+        assert_eq!(a.time_span().as_deref(), Some(" from +1.200s to +61.000s"));
+        a.ops.clear();
+        assert_eq!(a.time_span(), None);
     }
 }
