@@ -162,8 +162,10 @@ fn bounded(lines: &[String]) -> Vec<String> {
     out
 }
 
-/// `ms` as signed seconds with millisecond precision.
-fn seconds(ms: i64) -> String {
+/// `ms` as signed seconds with millisecond precision (`+1.200s`): how
+/// the evidence and the summary's anomalies give times from the history's
+/// start.
+pub fn seconds(ms: i64) -> String {
     let sign = if ms < 0 { "-" } else { "+" };
     format!("{sign}{}.{:03}s", ms.unsigned_abs() / 1000, ms.unsigned_abs() % 1000)
 }

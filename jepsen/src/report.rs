@@ -152,7 +152,7 @@ impl Anomaly {
             .iter()
             .map(|o| o.complete_time.unwrap_or(o.invoke_time))
             .max()?;
-        let secs = |ns: u64| format!("+{}.{:03}s", ns / 1_000_000_000, ns / 1_000_000 % 1000);
+        let secs = |ns: u64| crate::evidence::seconds((ns / 1_000_000) as i64);
         Some(format!(" from {} to {}", secs(from), secs(to)))
     }
 
