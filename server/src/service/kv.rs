@@ -519,15 +519,12 @@ impl KvService {
                     .forward(ctx, e, req, |mut c, r| async move { c.scan(r).await })
                     .await?;
                 // The leader's page of this one shard says where it stopped.
-                let resume_at = match resp.continuation.split_first() {
-                    None => None,
-                    Some((&CONTINUATION_V1, next)) => Some(next.to_vec()),
-                    Some(_) => {
-                        return Err(self.status(ServerError::Internal(format!(
-                            "shard {shard}'s leader answered a scan with a continuation of an unknown version"
-                        ))))
-                    }
+                let Some(resume_at) = resume_key(&resp.continuation) else {
+                    return Err(self.status(ServerError::Internal(format!(
+                        "shard {shard}'s leader answered a scan with a continuation of an unknown version"
+                    ))));
                 };
+                let resume_at = resume_at.map(<[u8]>::to_vec);
                 let part = ScanPart {
                     pairs: resp.pairs,
                     resume_at,
@@ -815,15 +812,14 @@ impl KvService {
             }
         }
         let mut start = r.start_key.clone();
-        if !r.continuation.is_empty() {
-            match r.continuation.split_first() {
-                Some((&CONTINUATION_V1, next)) if next.len() <= key_max + 1 => {
-                    if next > start.as_slice() {
-                        start = next.to_vec();
-                    }
+        match resume_key(&r.continuation) {
+            Some(None) => {}
+            Some(Some(next)) if next.len() <= key_max + 1 => {
+                if next > start.as_slice() {
+                    start = next.to_vec();
                 }
-                _ => return Err(self.status(ServerError::InvalidArgument("malformed scan continuation".into()))),
             }
+            _ => return Err(self.status(ServerError::InvalidArgument("malformed scan continuation".into()))),
         }
         if !r.end_key.is_empty() && start >= r.end_key {
             return Ok(Response::new(ScanResponse {
@@ -878,12 +874,7 @@ impl KvService {
             merged.push(part);
         }
         let (pairs, resume_at) = merge_scan_parts(merged, limit as usize);
-        let continuation = resume_at.map_or_else(Vec::new, |next| {
-            let mut c = Vec::with_capacity(next.len() + 1);
-            c.push(CONTINUATION_V1);
-            c.extend_from_slice(&next);
-            c
-        });
+        let continuation = resume_at.map_or_else(Vec::new, |next| continuation_to(&next));
         Ok(Response::new(ScanResponse {
             header: self.response_header(if asked != 0 { asked } else { 0 }),
             pairs,
@@ -902,6 +893,25 @@ impl KvService {
 struct ScanPart {
     pairs: Vec<KeyValue>,
     resume_at: Option<Vec<u8>>,
+}
+
+/// The continuation token of a page after which the scan resumes at `next`.
+fn continuation_to(next: &[u8]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(next.len() + 1);
+    c.push(CONTINUATION_V1);
+    c.extend_from_slice(next);
+    c
+}
+
+/// Where the scan of `continuation` resumes: `Some(None)` for the empty
+/// token (the first page, or a complete scan), `None` when it is not a
+/// token of a known version.
+fn resume_key(continuation: &[u8]) -> Option<Option<&[u8]>> {
+    match continuation.split_first() {
+        None => Some(None),
+        Some((&CONTINUATION_V1, next)) => Some(Some(next)),
+        Some(_) => None,
+    }
 }
 
 /// The smallest key greater than `key`: where a scan that returned `key`
@@ -1008,6 +1018,13 @@ mod tests {
             .iter()
             .map(|p| String::from_utf8_lossy(&p.key).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn continuation_tokens_round_trip_and_carry_their_version() {
+        assert_eq!(resume_key(&continuation_to(b"k\0")), Some(Some(&b"k\0"[..])));
+        assert_eq!(resume_key(&[]), Some(None));
+        assert_eq!(resume_key(&[CONTINUATION_V1 + 1, b'k']), None);
     }
 
     #[test]
